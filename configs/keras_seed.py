@@ -1,0 +1,29 @@
+"""The seed tutorials' Keras CNN, exactly: conv3x3x32 VALID, pool, conv3x3x64 VALID, pool, dense 128, dense 10.
+
+225,034 parameters; Adam at a constant 1e-3, batch 128, no dropout, no augmentation.
+The yardstick for speed against `../shared/peers/keras_seed_cnn.py`.
+
+    python main.py --config=configs/keras_seed.py
+
+Measured on the 2-core CPU: see README.md ("Results").
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The seed network and optimizer."""
+  config = default.get_config()
+  config.model.features = (32, 64)
+  config.model.convs_per_block = 1
+  config.model.padding = "VALID"
+  config.model.dense_features = (128,)
+  config.model.dropout_rate = 0.0
+  config.learning_rate = 1e-3
+  config.warmup_epochs = 0.0
+  config.final_learning_rate_factor = 1.0
+  config.augment_max_shift = 0
+  config.num_epochs = 10
+  return config

@@ -1,0 +1,143 @@
+"""MNIST through tfds, kept as uint8 arrays in a cache beside the tfds data.
+
+The first load builds tfds's standard `mnist` dataset (downloading it, or
+offline from the four original files in `manual_dir`) and saves both splits as
+one `.npz` file in `<data_dir>/mnist/`. Later loads read that file with numpy
+alone, so training starts without importing TensorFlow or tfds.
+"""
+
+import os
+import socket
+import tempfile
+
+import numpy as np
+from absl import logging
+
+from mnist_flax.errors import UsageError
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+CACHE_NAME = "mnist_flax_arrays.npz"
+_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+Splits = dict[str, dict[str, np.ndarray]]
+
+
+class DataError(UsageError):
+  """MNIST could not be found, built or read."""
+
+
+def how_to_provide() -> str:
+  """One sentence on providing the MNIST files offline."""
+  return (
+      f"put the four MNIST files ({', '.join(MNIST_FILES)}) in a folder and pass "
+      "--config.manual_dir=FOLDER or set MNIST_MANUAL_DIR=FOLDER"
+  )
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """The tfds data dir: `data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.abspath(os.path.expanduser(data_dir))
+
+
+def cache_path(data_dir: str | None) -> str:
+  """Where the uint8 array cache lives for a tfds data dir."""
+  return os.path.join(resolve_data_dir(data_dir), "mnist", CACHE_NAME)
+
+
+def missing_manual_files(manual_dir: str) -> list[str]:
+  """Names of the four MNIST files that `manual_dir` lacks."""
+  return [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+
+
+def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Splits:
+  """Loads both MNIST splits as numpy arrays.
+
+  Args:
+    data_dir: tfds data dir (default: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+    manual_dir: Folder with the four original MNIST files, used to build the
+      tfds dataset offline (checksums verified by tfds). Unused once prepared.
+
+  Returns:
+    `{"train": {"image", "label"}, "test": {...}}` with images uint8
+    [N, 28, 28, 1] and labels int32 [N], in tfds's stored order.
+
+  Raises:
+    DataError: the data is not prepared and cannot be downloaded or built.
+  """
+  path = cache_path(data_dir)
+  if os.path.exists(path):
+    return _read_cache(path)
+  splits = _load_with_tfds(resolve_data_dir(data_dir), manual_dir)
+  _write_cache(path, splits)
+  logging.info("Cached MNIST arrays in %s", path)
+  return splits
+
+
+def _read_cache(path: str) -> Splits:
+  try:
+    with np.load(path) as f:
+      splits = {s: {"image": f[f"{s}_image"], "label": f[f"{s}_label"]} for s in SPLIT_SIZES}
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(f"cannot read the MNIST cache {path} ({e}); delete it to rebuild") from e
+  for s, n in SPLIT_SIZES.items():
+    if splits[s]["image"].shape != (n, 28, 28, 1) or splits[s]["label"].shape != (n,):
+      raise DataError(f"the MNIST cache {path} has unexpected shapes; delete it to rebuild")
+  return splits
+
+
+def _write_cache(path: str, splits: Splits) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **{f"{s}_{k}": v for s, d in splits.items() for k, v in d.items()})
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _can_download() -> bool:
+  try:
+    socket.create_connection(_DOWNLOAD_HOST, timeout=5).close()
+    return True
+  except OSError:
+    return False
+
+
+def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
+  # Deferred: only needed until the cache exists.
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+  builder = tfds.builder("mnist", data_dir=data_dir)
+  if manual_dir:
+    missing = missing_manual_files(manual_dir)
+    if missing:
+      raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  else:
+    download_config = None
+  if not builder.is_prepared():
+    if not manual_dir and not _can_download():
+      raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
+    logging.info("Preparing tfds mnist in %s", data_dir)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except NonMatchingChecksumError as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise DataError(f"an MNIST file does not match its registered checksum: {first_line}") from e
+  arrays = tfds.as_numpy(builder.as_dataset(split=list(SPLIT_SIZES), batch_size=-1))
+  return {
+      s: {"image": np.asarray(d["image"], np.uint8), "label": np.asarray(d["label"], np.int32)}
+      for s, d in zip(SPLIT_SIZES, arrays, strict=True)
+  }
+
+

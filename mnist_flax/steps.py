@@ -1,0 +1,71 @@
+"""Pure, jitted train and eval steps for any Linen model with an `(images, train)` signature."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnist_flax.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def _losses_and_hits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return losses, hits
+
+
+@jax.jit
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  """One optimizer step on a batch.
+
+  Args:
+    state: The train state; its dropout key for this step is `fold_in(state.rng, state.step)`.
+    batch: `{"image": float32 [B, 28, 28, 1] in [0, 1], "label": int [B]}`.
+
+  Returns:
+    The new state (step + 1) and scalar metrics `loss`, `accuracy` and
+    `grad_norm` (global L2 norm of the gradient), all for this batch before the update.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+    logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
+    losses, hits = _losses_and_hits(logits, batch["label"])
+    return losses.mean(), hits.mean()
+
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+  """Evaluates the model (dropout off) on a batch.
+
+  Args:
+    state: The train state.
+    batch: `{"image", "label"}` as for `train_step`, plus an optional float or
+      bool `"mask"` [B] marking real examples, so that padded batches count only
+      their real rows.
+
+  Returns:
+    Scalar `loss` and `accuracy` (means over the real examples), `count` (number
+    of real examples) and `correct` (number classified correctly).
+  """
+  logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+  losses, hits = _losses_and_hits(logits, batch["label"])
+  mask = batch.get("mask")
+  mask = jnp.ones_like(losses) if mask is None else mask.astype(jnp.float32)
+  count = mask.sum()
+  correct = (hits * mask).sum()
+  denominator = jnp.maximum(count, 1.0)
+  return {
+      "loss": (losses * mask).sum() / denominator,
+      "accuracy": correct / denominator,
+      "count": count,
+      "correct": correct,
+  }

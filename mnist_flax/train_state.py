@@ -1,0 +1,74 @@
+"""`TrainState`: params, optimizer state, step and PRNG key in one pytree."""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from mnist_flax import models
+
+
+class TrainState(train_state.TrainState):
+  """Flax's `TrainState` plus `rng`, a raw uint32 `jax.random.PRNGKey`.
+
+  Pytree leaves: `step` (int32 scalar), `params`, `opt_state` and `rng`;
+  `apply_fn` and `tx` are static. Dropout keys are derived from `rng` and `step`,
+  so a train step is a deterministic function of the state and the batch.
+  """
+
+  rng: jax.Array = flax.struct.field(pytree_node=True, default=None)
+
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, rng, **kwargs) -> "TrainState":
+    """Creates a state at step 0 with `tx` initialised on `params`.
+
+    Args:
+      apply_fn: The model's apply function, `model.apply`.
+      params: The model parameters (the `"params"` collection).
+      tx: Any optax gradient transformation.
+      rng: A raw `jax.random.PRNGKey` (a typed `jax.random.key` is converted).
+      **kwargs: Further fields of a subclass.
+    """
+    rng = jnp.asarray(rng)
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+      rng = jax.random.key_data(rng)
+    if rng.dtype != jnp.uint32 or rng.shape != (2,):
+      raise ValueError(f"rng must be a raw jax.random.PRNGKey (uint32[2]), got {rng.dtype}{list(rng.shape)}")
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, rng=rng, **kwargs)
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam with linear warm-up and cosine decay over the whole run."""
+  total_steps = config.num_epochs * steps_per_epoch
+  warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  end_value = config.learning_rate * config.final_learning_rate_factor
+  if warmup_steps == 0:
+    schedule = optax.cosine_decay_schedule(config.learning_rate, total_steps, end_value / config.learning_rate)
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps, total_steps, end_value)
+  return optax.adam(schedule)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None) -> TrainState:
+  """Initialises the config's CNN and its Adam optimizer.
+
+  Args:
+    config: A run config (see `configs/default.py`).
+    rng: A raw PRNG key; split into the init key and the state's dropout key.
+    steps_per_epoch: Train steps per epoch, for the learning-rate schedule;
+      defaults to full batches over the 60,000 MNIST training images.
+
+  Returns:
+    The initial `TrainState`.
+  """
+  if steps_per_epoch is None:
+    steps_per_epoch = 60_000 // config.batch_size
+  model = models.create_model(config.model)
+  init_rng, state_rng = jax.random.split(rng)
+  params = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)["params"]
+  return TrainState.create(
+      apply_fn=model.apply, params=params, tx=create_optimizer(config, steps_per_epoch), rng=state_rng
+  )
