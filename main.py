@@ -17,23 +17,46 @@ from mnist_flax import train
 from mnist_flax.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(HERE, "configs", "default.py"), "Run config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config name>).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host).")
 
 
 def _fail(message: str) -> None:
   sys.exit(f"main.py: error: {message}")
 
 
+def _one_line(e: BaseException) -> str:
+  if isinstance(e, KeyError | AttributeError):  # ml_collections' report of an unknown field.
+    name = str(e).strip("\"'")
+    return f"unknown config field {name!r}; the config file lists the valid fields"
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+try:  # Defining the flag already applies --config.x overrides from sys.argv to the default config.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(HERE, "configs", "default.py"), "Run config file.", lock_config=True
+  )
+except Exception as e:  # noqa: BLE001 - a bad override of the default config.
+  _fail(_one_line(e))
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config name>).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host).")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """Parses flags, turning any flag or config error into a one-line message and exit code 1."""
+  """Parses flags, turning any flag error into a one-line message and exit code 1."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, FileNotFoundError, ImportError, SyntaxError, ValueError, TypeError, AttributeError) as e:
-    _fail(" ".join(str(e).split()) or type(e).__name__)
+  except Exception as e:  # noqa: BLE001 - every bad flag ends the same way.
+    _fail(_one_line(e))
+
+
+def load_config():
+  """The config with its `--config.x` overrides applied (ml_collections applies them lazily)."""
+  path = flags.FLAGS["config"].config_filename.split(":")[0]
+  if not os.path.isfile(path):
+    _fail(f"config file {path} does not exist")
+  try:
+    return _CONFIG.value
+  except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
+    _fail(f"cannot load config {path}: {_one_line(e)}")
 
 
 def default_workdir() -> str:
@@ -49,6 +72,8 @@ def _quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
   )
+  # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
 def main(argv: list[str]) -> None:
@@ -56,12 +81,12 @@ def main(argv: list[str]) -> None:
   _quiet_library_logs()
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = load_config()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   workdir = _WORKDIR.value or default_workdir()
-  logging.info("workdir: %s", workdir)
   try:
-    train.train_and_evaluate(_CONFIG.value, workdir)
+    train.train_and_evaluate(config, workdir)
   except (UsageError, train.Interrupted, train.Diverged) as e:
     _fail(str(e))
 

@@ -6,6 +6,7 @@ one `.npz` file in `<data_dir>/mnist/`. Later loads read that file with numpy
 alone, so training starts without importing TensorFlow or tfds.
 """
 
+import glob
 import os
 import socket
 import tempfile
@@ -86,9 +87,10 @@ def _read_cache(path: str) -> Splits:
       splits = {s: {"image": f[f"{s}_image"], "label": f[f"{s}_label"]} for s in SPLIT_SIZES}
   except (OSError, ValueError, KeyError) as e:
     raise DataError(f"cannot read the MNIST cache {path} ({e}); delete it to rebuild") from e
-  for s, n in SPLIT_SIZES.items():
-    if splits[s]["image"].shape != (n, 28, 28, 1) or splits[s]["label"].shape != (n,):
-      raise DataError(f"the MNIST cache {path} has unexpected shapes; delete it to rebuild")
+  for s in SPLIT_SIZES:
+    images, labels = splits[s]["image"], splits[s]["label"]
+    if images.shape[1:] != (28, 28, 1) or labels.shape != images.shape[:1] or images.dtype != np.uint8:
+      raise DataError(f"the MNIST cache {path} has unexpected shapes or types; delete it to rebuild")
   return splits
 
 
@@ -112,32 +114,36 @@ def _can_download() -> bool:
     return False
 
 
+def _tfds_prepared(data_dir: str) -> bool:
+  return bool(glob.glob(os.path.join(data_dir, "mnist", "*", "dataset_info.json")))
+
+
 def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
+  if manual_dir:
+    missing = missing_manual_files(manual_dir)
+    if missing:
+      raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
+  elif not _tfds_prepared(data_dir) and not _can_download():
+    raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
+
   # Deferred: only needed until the cache exists.
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
   builder = tfds.builder("mnist", data_dir=data_dir)
-  if manual_dir:
-    missing = missing_manual_files(manual_dir)
-    if missing:
-      raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  else:
-    download_config = None
   if not builder.is_prepared():
-    if not manual_dir and not _can_download():
-      raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
     logging.info("Preparing tfds mnist in %s", data_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       builder.download_and_prepare(download_config=download_config)
     except NonMatchingChecksumError as e:
       first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
       raise DataError(f"an MNIST file does not match its registered checksum: {first_line}") from e
-  arrays = tfds.as_numpy(builder.as_dataset(split=list(SPLIT_SIZES), batch_size=-1))
-  return {
-      s: {"image": np.asarray(d["image"], np.uint8), "label": np.asarray(d["label"], np.int32)}
-      for s, d in zip(SPLIT_SIZES, arrays, strict=True)
-  }
-
-
+  splits = {}
+  for split in SPLIT_SIZES:
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
+    splits[split] = {
+        "image": np.concatenate([b["image"] for b in batches]).astype(np.uint8),
+        "label": np.concatenate([b["label"] for b in batches]).astype(np.int32),
+    }
+  return splits

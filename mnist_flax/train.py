@@ -213,8 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.num_epochs * steps_per_epoch
   chunk_steps = steps_per_dispatch(config, steps_per_epoch, jax.default_backend())
   logging.info(
-      "%d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
-      jax.device_count(), jax.default_backend(), jax.process_count(), steps_per_epoch, chunk_steps,
+      "workdir %s; %d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
+      workdir, jax.device_count(), jax.default_backend(), jax.process_count(), steps_per_epoch, chunk_steps,
   )
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)

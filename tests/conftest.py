@@ -1,0 +1,81 @@
+"""Shared fixtures: configs, tiny models, and real MNIST when MNIST_MANUAL_DIR is set."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default, keras_seed
+from mnist_flax import input_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_MNIST_REASON = "real MNIST is absent: set MNIST_MANUAL_DIR to a folder with the four original MNIST files"
+
+
+@pytest.fixture
+def config():
+  return default.get_config()
+
+
+@pytest.fixture
+def seed_config():
+  return keras_seed.get_config()
+
+
+@pytest.fixture
+def tiny_config():
+  """A small, fast variant of the default config for loop tests on mock data."""
+  c = default.get_config()
+  c.model.features = (4,)
+  c.model.dense_features = (16,)
+  c.model.dropout_rate = 0.1
+  c.batch_size = 16
+  c.eval_batch_size = 24
+  c.num_epochs = 2
+  c.steps_per_dispatch = 3
+  c.checkpoint_every_steps = 5
+  c.manual_dir = ""
+  return c
+
+
+@pytest.fixture(scope="session")
+def manual_dir():
+  path = os.environ.get("MNIST_MANUAL_DIR", "")
+  if not path or input_pipeline.missing_manual_files(path):
+    pytest.skip(REAL_MNIST_REASON)
+  return os.path.abspath(path)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(manual_dir, tmp_path_factory):
+  """A tfds data dir with real MNIST prepared (and cached as arrays) once per session."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  input_pipeline.load_mnist(data_dir, manual_dir)
+  return data_dir
+
+
+def run_main(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+  """Runs `python main.py ARGS` from the repository root and returns the finished process."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, "main.py"), *args],
+      cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+  )
+
+
+MOCK_EXAMPLES = 160
+
+
+@pytest.fixture(scope="session")
+def mock_data_dir(tmp_path_factory):
+  """A tfds data dir whose MNIST array cache was built from `tfds.testing.mock_data`."""
+  import tensorflow_datasets as tfds
+
+  data_dir = str(tmp_path_factory.mktemp("mock_tfds"))
+  manual = tmp_path_factory.mktemp("mock_manual")
+  for name in input_pipeline.MNIST_FILES:
+    (manual / name).write_bytes(b"")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    input_pipeline.load_mnist(data_dir, str(manual))
+  return data_dir

@@ -1,0 +1,62 @@
+import os
+
+import pytest
+
+from mnist_flax import input_pipeline
+from tests.conftest import run_main
+
+BAD_INPUTS = {
+    "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
+    "negative epochs": (["--config.num_epochs=-1"], "config.num_epochs must be a positive integer"),
+    "zero learning rate": (["--config.learning_rate=0.0"], "config.learning_rate must be a positive number"),
+    "not a number": (["--config.batch_size=abc"], "--config.batch_size=abc"),
+    "unknown key": (["--config.nonexistent=1"], "unknown config field 'nonexistent'"),
+    "unknown nested key": (["--config.model.width=3"], "unknown config field 'width'"),
+    "missing config file": (["--config=configs/missing.py"], "config file configs/missing.py does not exist"),
+    "stray argument": (["train"], "unexpected arguments: train"),
+}
+
+
+def assert_one_line_error(result, message):
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr[-2000:]
+  assert lines[0].startswith("main.py: error: ") and message in lines[0], lines[0]
+  assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_stops_in_one_line_before_writing_anything(case, tmp_path):
+  args, message = BAD_INPUTS[case]
+  workdir = tmp_path / "run"
+  assert_one_line_error(run_main(*args, f"--workdir={workdir}"), message)
+  assert not workdir.exists()
+
+
+def test_bad_input_leaves_an_existing_run_untouched(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
+  (workdir / "config.json").write_text('{"batch_size": 64}')
+  before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  assert_one_line_error(run_main("--config.learning_rate=-1.0", f"--workdir={workdir}"), "learning_rate")
+  assert_one_line_error(run_main(f"--workdir={workdir}"), "holds a run with a different config")
+  assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+
+
+def test_batch_size_not_divisible_by_devices_is_refused(tmp_path):
+  result = run_main(
+      "--config.batch_size=100", f"--workdir={tmp_path / 'run'}",
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+  )
+  assert_one_line_error(result, "config.batch_size 100 is not divisible by the 8 devices")
+
+
+@pytest.mark.skipif(input_pipeline._can_download(), reason="this machine can reach the MNIST download host")
+def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
+  result = run_main(
+      "--config.manual_dir=", f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}",
+      env={"MNIST_MANUAL_DIR": ""},
+  )
+  assert_one_line_error(result, "MNIST_MANUAL_DIR")
+  assert not (tmp_path / "run").exists()

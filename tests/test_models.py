@@ -1,0 +1,72 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_flax import models
+
+
+def count_params(params):
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def init(model, batch=2):
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((batch, 28, 28, 1)), train=False)["params"]
+
+
+def test_keras_seed_network_has_225034_parameters(seed_config):
+  model = models.create_model(seed_config.model)
+  params = init(model)
+  assert count_params(params) == 225_034
+  shapes = {k: v["kernel"].shape for k, v in params.items()}
+  assert shapes == {
+      "Conv_0": (3, 3, 1, 32),
+      "Conv_1": (3, 3, 32, 64),
+      "Dense_0": (1600, 128),
+      "Dense_1": (128, 10),
+  }
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_default_model_maps_images_to_ten_logits(config, batch):
+  model = models.create_model(config.model)
+  params = init(model)
+  logits = model.apply({"params": params}, jnp.ones((batch, 28, 28, 1)), train=False)
+  assert logits.shape == (batch, 10)
+  assert logits.dtype == jnp.float32
+
+
+def test_sizes_come_from_config(config):
+  config.model.features = (8, 16)
+  config.model.dense_features = (32, 24)
+  config.model.padding = "SAME"
+  config.model.convs_per_block = 2
+  params = init(models.create_model(config.model))
+  assert params["Conv_3"]["kernel"].shape == (3, 3, 16, 16)
+  assert params["Dense_0"]["kernel"].shape == (7 * 7 * 16, 32)
+  assert params["Dense_2"]["kernel"].shape == (24, 10)
+
+
+@pytest.mark.parametrize("shape", [(2, 26, 26, 3), (1, 11, 11, 2), (3, 5, 4, 1)])
+def test_max_pool_2x2_matches_flax_max_pool(shape):
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_dropout_only_in_training(config):
+  config.model.dropout_rate = 0.5
+  model = models.create_model(config.model)
+  params = init(model)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4, 28, 28, 1))
+  a = model.apply({"params": params}, x, train=False)
+  b = model.apply({"params": params}, x, train=False)
+  c = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_summary_lists_layers_shapes_and_total(seed_config):
+  table = models.summary(models.create_model(seed_config.model))
+  for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,26,26,32]", "[1,1600]", "225,034"):
+    assert text in table

@@ -1,0 +1,122 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnist_flax import TrainState, create_train_state, eval_step, train_step
+
+
+def make_batch(key, n=8):
+  k1, k2 = jax.random.split(key)
+  return {
+      "image": jax.random.uniform(k1, (n, 28, 28, 1)),
+      "label": jax.random.randint(k2, (n,), 0, 10),
+  }
+
+
+@pytest.fixture
+def state(config):
+  config.model.dropout_rate = 0.3
+  config.model.features = (8, 16)
+  config.model.dense_features = (32,)
+  return create_train_state(config, jax.random.PRNGKey(0))
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_train_step_is_deterministic_and_leaves_its_input_alone(state):
+  batch = make_batch(jax.random.PRNGKey(1))
+  before = jax.tree.map(np.array, state)
+  s1, m1 = train_step(state, batch)
+  s2, m2 = train_step(state, batch)
+  assert_trees_equal(s1, s2)
+  assert_trees_equal(m1, m2)
+  assert_trees_equal(jax.tree.map(np.array, state), before)
+  assert int(s1.step) == 1
+  assert set(m1) >= {"loss", "accuracy", "grad_norm"}
+  assert all(v.shape == () for v in m1.values())
+  assert 0.0 <= float(m1["accuracy"]) <= 1.0
+  assert not np.array_equal(s1.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+
+
+def test_dropout_key_follows_the_step(state):
+  batch = make_batch(jax.random.PRNGKey(1))
+  _, m0 = train_step(state, batch)
+  _, m5 = train_step(state.replace(step=jnp.int32(5)), batch)
+  _, m0_again = train_step(state.replace(step=jnp.int32(0)), batch)
+  assert float(m0["loss"]) != float(m5["loss"])
+  assert float(m0["loss"]) == float(m0_again["loss"])
+
+
+def test_train_step_inside_jit_scan_and_vmap(state):
+  batches = [make_batch(jax.random.PRNGKey(i)) for i in range(3)]
+  s = state
+  losses = []
+  for b in batches:
+    s, m = train_step(s, b)
+    losses.append(m["loss"])
+
+  s_jit, _ = jax.jit(lambda st, b: train_step(st, b))(state, batches[0])
+  first, _ = train_step(state, batches[0])
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), s_jit, first)
+
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+  s_scan, m_scan = jax.lax.scan(train_step, state, stacked)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), s_scan, s)
+  np.testing.assert_allclose(m_scan["loss"], jnp.stack(losses), rtol=1e-5)
+
+  rngs = jnp.stack([jax.random.PRNGKey(10), jax.random.PRNGKey(11)])
+  states = jax.vmap(lambda r: state.replace(rng=r))(rngs)
+  v_states, v_metrics = jax.vmap(train_step, in_axes=(0, None))(states, batches[0])
+  for i in range(2):
+    single, metrics = train_step(state.replace(rng=rngs[i]), batches[0])
+    np.testing.assert_allclose(v_metrics["loss"][i], metrics["loss"], rtol=1e-5)
+    jax.tree.map(
+        lambda x, y, i=i: np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-6), v_states.params, single.params
+    )
+
+
+class MLP(nn.Module):
+  @nn.compact
+  def __call__(self, images, train: bool):
+    x = images.reshape((images.shape[0], -1))
+    x = nn.Dropout(0.1, deterministic=not train)(nn.relu(nn.Dense(32)(x)))
+    return nn.Dense(10)(x)
+
+
+@pytest.mark.parametrize("tx", [optax.sgd(0.1, momentum=0.9), optax.adamw(1e-2), optax.lion(1e-3)])
+def test_any_linen_model_and_optax_optimizer_learn_a_fixed_batch(tx):
+  model = MLP()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)["params"]
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=jax.random.PRNGKey(0))
+  batch = make_batch(jax.random.PRNGKey(4), n=32)
+  first = float(eval_step(state, batch)["loss"])
+  for _ in range(30):
+    state, _ = train_step(state, batch)
+  assert float(eval_step(state, batch)["loss"]) < 0.5 * first
+
+
+def test_eval_step_counts_only_masked_rows(state):
+  batch = make_batch(jax.random.PRNGKey(5), n=10)
+  full = eval_step(state, batch)
+  padded = {
+      "image": jnp.concatenate([batch["image"], jnp.zeros((6, 28, 28, 1))]),
+      "label": jnp.concatenate([batch["label"], jnp.zeros((6,), jnp.int32)]),
+      "mask": jnp.arange(16) < 10,
+  }
+  masked = eval_step(state, padded)
+  assert float(masked["count"]) == 10.0
+  np.testing.assert_allclose(masked["loss"], full["loss"], rtol=1e-6)
+  np.testing.assert_allclose(masked["accuracy"], full["accuracy"], rtol=1e-6)
+  assert float(masked["correct"]) == pytest.approx(float(full["accuracy"]) * 10)
+
+
+def test_eval_step_ignores_dropout(state):
+  batch = make_batch(jax.random.PRNGKey(6))
+  a = eval_step(state, batch)
+  b = eval_step(state.replace(step=jnp.int32(3), rng=jax.random.PRNGKey(9)), batch)
+  assert_trees_equal(a, b)

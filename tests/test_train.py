@@ -1,0 +1,126 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_flax import train
+from tests.conftest import MOCK_EXAMPLES
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+  key = jax.random.PRNGKey(0)
+  a = np.asarray(train.epoch_order(key, 3, 1000))
+  assert sorted(a.tolist()) == list(range(1000))
+  np.testing.assert_array_equal(a, train.epoch_order(key, 3, 1000))
+  assert not np.array_equal(a, train.epoch_order(key, 4, 1000))
+  assert not np.array_equal(a, train.epoch_order(jax.random.PRNGKey(1), 3, 1000))
+
+
+def test_random_shift_translates_with_zero_fill():
+  images = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
+  np.testing.assert_array_equal(train.random_shift(jax.random.PRNGKey(1), images, 0), images)
+  shifted = np.asarray(train.random_shift(jax.random.PRNGKey(1), images, 2))
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(6):
+    candidates = [padded[i, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+    assert any(np.array_equal(shifted[i], c) for c in candidates)
+
+
+def test_batched_with_mask_pads_the_remainder():
+  split = {"image": np.ones((10, 28, 28, 1), np.uint8), "label": np.arange(10, dtype=np.int32)}
+  images, labels, mask = train.batched_with_mask(split, 4)
+  assert images.shape == (3, 4, 28, 28, 1) and labels.shape == (3, 4)
+  assert mask.sum() == 10 and not mask[2, 2:].any()
+  np.testing.assert_array_equal(labels.reshape(-1)[:10], np.arange(10))
+
+
+def test_steps_per_dispatch_defaults_per_backend(config):
+  assert train.steps_per_dispatch(config, 468, "cpu") == 16
+  assert train.steps_per_dispatch(config, 468, "gpu") == 468
+  assert train.steps_per_dispatch(config, 468, "tpu") == 468
+  config.steps_per_dispatch = 50
+  assert train.steps_per_dispatch(config, 468, "cpu") == 50
+  assert train.steps_per_dispatch(config, 20, "gpu") == 20
+
+
+def test_metrics_log_drops_records_after_a_step_and_cut_lines(tmp_path):
+  log = train.MetricsLog(str(tmp_path), enabled=True)
+  for step in (10, 20, 30):
+    log.append({"step": step, "x": 0.1 + step})
+  with open(log.path, "a") as f:
+    f.write('{"step": 40, "x"')  # A line cut short by a crash.
+  assert [r["step"] for r in log.records()] == [10, 20, 30]
+  log.keep_until(20)
+  assert [r["step"] for r in log.records()] == [10, 20]
+  assert log.records()[1]["x"] == 20.1
+
+
+def read_records(workdir):
+  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def without_times(records):
+  return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in records]
+
+
+def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_config, mock_data_dir, tmp_path):
+  tiny_config.data_dir = mock_data_dir
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(tiny_config, workdir)
+
+  records = read_records(workdir)
+  steps_per_epoch = MOCK_EXAMPLES // tiny_config.batch_size
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert [r["step"] for r in records] == [steps_per_epoch, 2 * steps_per_epoch]
+  for r in records:
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "elapsed_s"} <= set(r)
+    assert 0 <= r["test_accuracy"] <= 1 and r["test_count"] == MOCK_EXAMPLES
+  assert final == records[-1]
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved[-1] == 2 * steps_per_epoch and len(saved) <= tiny_config.keep_checkpoints
+  assert json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == tiny_config.batch_size
+
+  again = train.train_and_evaluate(tiny_config, workdir)  # Already complete: nothing changes.
+  assert again == final and read_records(workdir) == records
+
+
+def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch):
+  tiny_config.data_dir = mock_data_dir
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(tiny_config, reference)
+
+  resumed = str(tmp_path / "resumed")
+  real_save = train.checkpoints.save
+  calls = []
+
+  def save_then_crash(manager, step, item, progress):
+    real_save(manager, step, item, progress)
+    calls.append(step)
+    if len(calls) == 2:
+      manager.wait_until_finished()
+      raise RuntimeError("simulated crash")
+
+  monkeypatch.setattr(train.checkpoints, "save", save_then_crash)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(tiny_config, resumed)
+  monkeypatch.setattr(train.checkpoints, "save", real_save)
+  assert calls[-1] < 2 * (MOCK_EXAMPLES // tiny_config.batch_size)
+  train.train_and_evaluate(tiny_config, resumed)
+
+  assert without_times(read_records(resumed)) == without_times(read_records(reference))
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
+  tiny_config.data_dir = mock_data_dir
+  tiny_config.learning_rate = 1e30
+  with pytest.raises(train.Diverged, match="lower config.learning_rate"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_sums_are_float32_scalars():
+  assert all(isinstance(k, str) for k in train.SUM_KEYS)
+  assert jnp.zeros((), jnp.float32).dtype == jnp.float32

@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnist_flax import TrainState, create_train_state
+from mnist_flax.train_state import create_optimizer
+
+
+def test_create_train_state_builds_adam_state(seed_config):
+  state = create_train_state(seed_config, jax.random.PRNGKey(0))
+  assert state.step.dtype == jnp.int32 and int(state.step) == 0
+  assert state.rng.dtype == jnp.uint32 and state.rng.shape == (2,)
+  assert sum(x.size for x in jax.tree.leaves(state.params)) == 225_034
+  leaves, _ = jax.tree.flatten(state)
+  assert len(leaves) == len(jax.tree.leaves((state.step, state.params, state.opt_state, state.rng)))
+
+
+def test_create_is_deterministic_in_the_key(config):
+  a = create_train_state(config, jax.random.PRNGKey(7))
+  b = create_train_state(config, jax.random.PRNGKey(7))
+  c = create_train_state(config, jax.random.PRNGKey(8))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.params["Dense_0"]["kernel"], c.params["Dense_0"]["kernel"])
+
+
+def test_typed_keys_are_stored_raw():
+  params = {"w": jnp.ones(3)}
+  state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1), rng=jax.random.key(3))
+  np.testing.assert_array_equal(state.rng, jax.random.PRNGKey(3))
+
+
+def test_bad_rng_is_refused():
+  with pytest.raises(ValueError, match="PRNGKey"):
+    TrainState.create(apply_fn=None, params={"w": jnp.ones(3)}, tx=optax.sgd(0.1), rng=jnp.zeros(3))
+
+
+def test_schedule_warms_up_and_decays(config):
+  config.learning_rate = 2e-3
+  config.warmup_epochs = 1.0
+  config.num_epochs = 4
+  config.final_learning_rate_factor = 0.01
+  tx = create_optimizer(config, steps_per_epoch=100)
+  state = tx.init({"w": jnp.zeros(())})
+  lrs = []
+  for _ in range(400):
+    updates, state = tx.update({"w": jnp.ones(())}, state)
+    lrs.append(-float(updates["w"]))  # Adam's first update on a constant gradient is -lr.
+  assert lrs[0] == pytest.approx(0.0, abs=1e-9)
+  assert max(lrs) == pytest.approx(2e-3, rel=1e-2)
+  assert int(np.argmax(lrs)) == pytest.approx(100, abs=1)
+  assert lrs[-1] == pytest.approx(2e-5, rel=0.1)
+
+
+def test_constant_schedule_for_the_seed_recipe(seed_config):
+  tx = create_optimizer(seed_config, steps_per_epoch=10)
+  state = tx.init({"w": jnp.zeros(())})
+  for _ in range(100):
+    updates, state = tx.update({"w": jnp.ones(())}, state)
+    assert -float(updates["w"]) == pytest.approx(1e-3, rel=1e-4)

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from mnist_flax import validation
+from mnist_flax.validation import ConfigError
+
+
+def test_shipped_configs_are_valid(config, seed_config):
+  validation.validate_config(config)
+  validation.validate_config(seed_config)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("batch_size", -8, "batch_size must be a positive integer"),
+        ("batch_size", 60_008, "exceeds the 60000 training images"),
+        ("num_epochs", 0, "num_epochs must be a positive integer"),
+        ("eval_batch_size", 0, "eval_batch_size must be a positive integer"),
+        ("learning_rate", 0.0, "learning_rate must be a positive number"),
+        ("learning_rate", -1e-3, "learning_rate must be a positive number"),
+        ("learning_rate", float("nan"), "learning_rate must be a positive number"),
+        ("checkpoint_every_steps", 0, "checkpoint_every_steps must be a positive integer"),
+        ("keep_checkpoints", 0, "keep_checkpoints must be a positive integer"),
+        ("steps_per_dispatch", -1, "steps_per_dispatch must be 0"),
+        ("warmup_epochs", 10.0, "warmup_epochs must be in"),
+        ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
+        ("augment_max_shift", 14, "augment_max_shift must be an integer"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(config, field, value, message):
+  config[field] = value
+  with pytest.raises(ConfigError, match=message) as e:
+    validation.validate_config(config)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("features", (), "features must be positive integers"),
+        ("features", (32, 0), "features must be positive integers"),
+        ("padding", "FULL", "padding must be"),
+        ("dropout_rate", 1.0, "dropout_rate must be in"),
+        ("kernel_size", 0, "kernel_size must be a positive integer"),
+        ("features", (8, 8, 8, 8, 8), "does not fit 28x28 images"),
+    ],
+)
+def test_bad_model_configs_are_refused(config, field, value, message):
+  config.model[field] = value
+  with pytest.raises(ConfigError, match=message) as e:
+    validation.validate_config(config)
+  assert "\n" not in str(e.value)
+
+
+def test_batch_size_must_divide_across_devices(config):
+  config.batch_size = 100
+  with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
+    validation.validate_config(config, device_count=8)
+  config.batch_size = 128
+  validation.validate_config(config, device_count=8)
+  config.eval_batch_size = 1001
+  with pytest.raises(ConfigError, match="eval_batch_size 1001 is not divisible"):
+    validation.validate_config(config, device_count=8)
+
+
+def test_manual_dir_must_hold_the_four_files(config, tmp_path):
+  config.manual_dir = str(tmp_path / "absent")
+  with pytest.raises(ConfigError, match="is not a folder"):
+    validation.validate_config(config)
+  config.manual_dir = str(tmp_path)
+  with pytest.raises(ConfigError, match="MNIST_MANUAL_DIR"):
+    validation.validate_config(config)
+
+
+def test_workdir_checks(config, tmp_path):
+  validation.check_workdir(config, str(tmp_path / "new"))
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  with pytest.raises(ConfigError, match="is not a folder"):
+    validation.check_workdir(config, str(afile))
+  (tmp_path / validation.CONFIG_FILE).write_text(config.to_json())
+  validation.check_workdir(config, str(tmp_path))
+  config.num_epochs = 50  # Resumable: a run may be extended.
+  validation.check_workdir(config, str(tmp_path))
+  config.batch_size = 64
+  config.model.features = (8,)
+  with pytest.raises(ConfigError, match=r"different config \(batch_size, model\)"):
+    validation.check_workdir(config, str(tmp_path))
+  saved = json.loads((tmp_path / validation.CONFIG_FILE).read_text())
+  assert saved["batch_size"] == 128
