@@ -32,7 +32,7 @@ def _one_line(e: BaseException) -> str:
 
 try:  # Defining the flag already applies --config.x overrides from sys.argv to the default config.
   _CONFIG = config_flags.DEFINE_config_file(
-      "config", os.path.join(HERE, "configs", "default.py"), "Run config file.", lock_config=True
+    "config", os.path.join(HERE, "configs", "default.py"), "Run config file.", lock_config=True
   )
 except Exception as e:  # noqa: BLE001 - a bad override of the default config.
   _fail(_one_line(e))
@@ -70,7 +70,7 @@ def _quiet_library_logs() -> None:
   import logging as std_logging
 
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
+    lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
   )
   # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)

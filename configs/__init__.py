@@ -1,0 +1,1 @@
+"""Run configs: one `get_config()` file per recipe."""

@@ -1,6 +1,6 @@
 """Default recipe (accuracy and runtime to be measured).
 
-    python main.py --config=configs/default.py
+python main.py --config=configs/default.py
 """
 
 import os

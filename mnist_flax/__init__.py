@@ -7,13 +7,13 @@ from mnist_flax.train import train_and_evaluate
 from mnist_flax.train_state import TrainState, create_optimizer, create_train_state
 
 __all__ = [
-    "CNN",
-    "TrainState",
-    "UsageError",
-    "create_model",
-    "create_optimizer",
-    "create_train_state",
-    "eval_step",
-    "train_and_evaluate",
-    "train_step",
+  "CNN",
+  "TrainState",
+  "UsageError",
+  "create_model",
+  "create_optimizer",
+  "create_train_state",
+  "eval_step",
+  "train_and_evaluate",
+  "train_step",
 ]

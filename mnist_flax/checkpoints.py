@@ -10,10 +10,10 @@ import orbax.checkpoint as ocp
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   """An asynchronous `CheckpointManager` in `<workdir>/checkpoints` keeping the last `max_to_keep`."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
-      create=True,
-      cleanup_tmp_directories=True,
-      enable_async_checkpointing=True,
+    max_to_keep=max_to_keep,
+    create=True,
+    cleanup_tmp_directories=True,
+    enable_async_checkpointing=True,
   )
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
@@ -21,9 +21,9 @@ def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
 def save(manager: ocp.CheckpointManager, step: int, train: Any, progress: dict[str, Any]) -> None:
   """Starts an asynchronous save of `train` (arrays) and `progress` (JSON) at `step`."""
   manager.save(
-      step,
-      args=ocp.args.Composite(train=ocp.args.StandardSave(train), progress=ocp.args.JsonSave(progress)),
-      force=True,
+    step,
+    args=ocp.args.Composite(train=ocp.args.StandardSave(train), progress=ocp.args.JsonSave(progress)),
+    force=True,
   )
 
 
@@ -42,7 +42,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, di
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = manager.restore(
-      step,
-      args=ocp.args.Composite(train=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
+    step,
+    args=ocp.args.Composite(train=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
   )
   return restored["train"], restored["progress"]

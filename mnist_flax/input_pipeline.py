@@ -17,10 +17,10 @@ from absl import logging
 from mnist_flax.errors import UsageError
 
 MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
 )
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 CACHE_NAME = "mnist_flax_arrays.npz"
@@ -36,8 +36,8 @@ class DataError(UsageError):
 def how_to_provide() -> str:
   """One sentence on providing the MNIST files offline."""
   return (
-      f"put the four MNIST files ({', '.join(MNIST_FILES)}) in a folder and pass "
-      "--config.manual_dir=FOLDER or set MNIST_MANUAL_DIR=FOLDER"
+    f"put the four MNIST files ({', '.join(MNIST_FILES)}) in a folder and pass "
+    "--config.manual_dir=FOLDER or set MNIST_MANUAL_DIR=FOLDER"
   )
 
 
@@ -143,7 +143,7 @@ def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
   for split in SPLIT_SIZES:
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
     splits[split] = {
-        "image": np.concatenate([b["image"] for b in batches]).astype(np.uint8),
-        "label": np.concatenate([b["label"] for b in batches]).astype(np.int32),
+      "image": np.concatenate([b["image"] for b in batches]).astype(np.uint8),
+      "label": np.concatenate([b["label"] for b in batches]).astype(np.int32),
     }
   return splits

@@ -66,12 +66,12 @@ def create_model(model_config: ml_collections.ConfigDict) -> CNN:
   """Builds the CNN from the `model` section of a config."""
   c = model_config
   return CNN(
-      features=tuple(c.features),
-      kernel_size=c.kernel_size,
-      padding=c.padding,
-      convs_per_block=c.convs_per_block,
-      dense_features=tuple(c.dense_features),
-      dropout_rate=c.dropout_rate,
+    features=tuple(c.features),
+    kernel_size=c.kernel_size,
+    padding=c.padding,
+    convs_per_block=c.convs_per_block,
+    dense_features=tuple(c.dense_features),
+    dropout_rate=c.dropout_rate,
   )
 
 

@@ -64,8 +64,8 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   correct = (hits * mask).sum()
   denominator = jnp.maximum(count, 1.0)
   return {
-      "loss": (losses * mask).sum() / denominator,
-      "accuracy": correct / denominator,
-      "count": count,
-      "correct": correct,
+    "loss": (losses * mask).sum() / denominator,
+    "accuracy": correct / denominator,
+    "count": count,
+    "correct": correct,
   }

@@ -213,8 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.num_epochs * steps_per_epoch
   chunk_steps = steps_per_dispatch(config, steps_per_epoch, jax.default_backend())
   logging.info(
-      "workdir %s; %d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
-      workdir, jax.device_count(), jax.default_backend(), jax.process_count(), steps_per_epoch, chunk_steps,
+    "workdir %s; %d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
+    workdir,
+    jax.device_count(),
+    jax.default_backend(),
+    jax.process_count(),
+    steps_per_epoch,
+    chunk_steps,
   )
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)
@@ -247,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return records[-1] if records else {"step": start_step}
 
   train_images, train_labels, train_rng = parallel.put_replicated(
-      (data["train"]["image"], data["train"]["label"], np.asarray(data_rng)), mesh
+    (data["train"]["image"], data["train"]["label"], np.asarray(data_rng)), mesh
   )
   test = parallel.put_replicated(batched_with_mask(data["test"], config.eval_batch_size), mesh)
   evaluate = make_evaluate(mesh)
@@ -289,22 +294,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       test_metrics = summarize_eval(evaluate(state, *test))
       elapsed = elapsed_before + time.perf_counter() - start_time
       record = {
-          "step": step,
-          "epoch": epoch + 1,
-          "train_loss": train["loss"],
-          "train_accuracy": train["accuracy"],
-          "train_grad_norm": train["grad_norm"],
-          "test_loss": test_metrics["loss"],
-          "test_accuracy": test_metrics["accuracy"],
-          "test_count": int(test_metrics["count"]),
-          "epoch_s": time.perf_counter() - epoch_start,
-          "elapsed_s": elapsed,
+        "step": step,
+        "epoch": epoch + 1,
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "train_grad_norm": train["grad_norm"],
+        "test_loss": test_metrics["loss"],
+        "test_accuracy": test_metrics["accuracy"],
+        "test_count": int(test_metrics["count"]),
+        "epoch_s": time.perf_counter() - epoch_start,
+        "elapsed_s": elapsed,
       }
       log.append(record)
       logging.info(
-          "epoch %d/%d step %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s (%.1f s total)",
-          epoch + 1, config.num_epochs, step, train["loss"], 100 * train["accuracy"],
-          test_metrics["loss"], 100 * test_metrics["accuracy"], record["epoch_s"], elapsed,
+        "epoch %d/%d step %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s (%.1f s total)",
+        epoch + 1,
+        config.num_epochs,
+        step,
+        train["loss"],
+        100 * train["accuracy"],
+        test_metrics["loss"],
+        100 * test_metrics["accuracy"],
+        record["epoch_s"],
+        elapsed,
       )
       if due or preempted or step == total_steps:
         checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})

@@ -52,7 +52,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
   return optax.adam(schedule)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None
+) -> TrainState:
   """Initialises the config's CNN and its Adam optimizer.
 
   Args:
@@ -70,5 +72,5 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)["params"]
   return TrainState.create(
-      apply_fn=model.apply, params=params, tx=create_optimizer(config, steps_per_epoch), rng=state_rng
+    apply_fn=model.apply, params=params, tx=create_optimizer(config, steps_per_epoch), rng=state_rng
   )

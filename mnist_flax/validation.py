@@ -12,7 +12,7 @@ from mnist_flax.errors import UsageError
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
-    {"num_epochs", "steps_per_dispatch", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
+  {"num_epochs", "steps_per_dispatch", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
 )
 CONFIG_FILE = "config.json"
 
@@ -42,58 +42,57 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     value = config[name]
     _require(_is_int(value) and value > 0, f"config.{name} must be a positive integer, got {value!r}")
   _require(
-      _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
-      f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
+    _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
+    f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
   )
   _require(_is_int(config.seed), f"config.seed must be an integer, got {config.seed!r}")
   for name in ("learning_rate",):
     value = config[name]
     _require(
-        isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and value == value,
-        f"config.{name} must be a positive number, got {value!r}",
+      isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and value == value,
+      f"config.{name} must be a positive number, got {value!r}",
     )
   _require(
-      0 <= config.warmup_epochs < config.num_epochs,
-      f"config.warmup_epochs must be in [0, num_epochs), got {config.warmup_epochs!r}",
+    0 <= config.warmup_epochs < config.num_epochs,
+    f"config.warmup_epochs must be in [0, num_epochs), got {config.warmup_epochs!r}",
   )
   _require(
-      0 <= config.final_learning_rate_factor <= 1,
-      f"config.final_learning_rate_factor must be in [0, 1], got {config.final_learning_rate_factor!r}",
+    0 <= config.final_learning_rate_factor <= 1,
+    f"config.final_learning_rate_factor must be in [0, 1], got {config.final_learning_rate_factor!r}",
   )
   _require(
-      _is_int(config.augment_max_shift) and 0 <= config.augment_max_shift < 14,
-      f"config.augment_max_shift must be an integer in [0, 13], got {config.augment_max_shift!r}",
+    _is_int(config.augment_max_shift) and 0 <= config.augment_max_shift < 14,
+    f"config.augment_max_shift must be an integer in [0, 13], got {config.augment_max_shift!r}",
   )
   train_size = input_pipeline.SPLIT_SIZES["train"]
   _require(
-      config.batch_size <= train_size,
-      f"config.batch_size {config.batch_size} exceeds the {train_size} training images",
+    config.batch_size <= train_size,
+    f"config.batch_size {config.batch_size} exceeds the {train_size} training images",
   )
   for name in ("batch_size", "eval_batch_size"):
     _require(
-        config[name] % device_count == 0,
-        f"config.{name} {config[name]} is not divisible by the {device_count} devices; "
-        f"use a multiple of {device_count}",
+      config[name] % device_count == 0,
+      f"config.{name} {config[name]} is not divisible by the {device_count} devices; use a multiple of {device_count}",
     )
   _validate_model(config.model)
   if config.manual_dir:
     _require(os.path.isdir(config.manual_dir), f"config.manual_dir {config.manual_dir} is not a folder")
     missing = input_pipeline.missing_manual_files(config.manual_dir)
     _require(
-        not missing,
-        f"config.manual_dir {config.manual_dir} lacks {', '.join(missing)}; {input_pipeline.how_to_provide()}",
+      not missing,
+      f"config.manual_dir {config.manual_dir} lacks {', '.join(missing)}; {input_pipeline.how_to_provide()}",
     )
 
 
 def _validate_model(model_config: ml_collections.ConfigDict) -> None:
   c = model_config
   _require(
-      len(c.features) > 0 and all(_is_int(f) and f > 0 for f in c.features),
-      f"config.model.features must be positive integers, got {c.features!r}",
+    len(c.features) > 0 and all(_is_int(f) and f > 0 for f in c.features),
+    f"config.model.features must be positive integers, got {c.features!r}",
   )
   _require(
-      all(_is_int(f) and f > 0 for f in c.dense_features),
-      f"config.model.dense_features must be positive integers, got {c.dense_features!r}",
+    all(_is_int(f) and f > 0 for f in c.dense_features),
+    f"config.model.dense_features must be positive integers, got {c.dense_features!r}",
   )
   for name in ("kernel_size", "convs_per_block"):
     _require(_is_int(c[name]) and c[name] > 0, f"config.model.{name} must be a positive integer, got {c[name]!r}")
@@ -119,9 +118,11 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {path} ({e}); use a new --workdir") from e
   current = json.loads(config.to_json())
-  differing = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+  differing = sorted(
+    k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+  )
   _require(
-      not differing,
-      f"workdir {workdir} holds a run with a different config ({', '.join(differing)}); "
-      "use a new --workdir or the same config",
+    not differing,
+    f"workdir {workdir} holds a run with a different config ({', '.join(differing)}); "
+    "use a new --workdir or the same config",
   )

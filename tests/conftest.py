@@ -59,8 +59,13 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 900) -> subpr
   """Runs `python main.py ARGS` from the repository root and returns the finished process."""
   full_env = {**os.environ, **(env or {})}
   return subprocess.run(
-      [sys.executable, os.path.join(ROOT, "main.py"), *args],
-      cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+    [sys.executable, os.path.join(ROOT, "main.py"), *args],
+    cwd=ROOT,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
   )
 
 

@@ -19,9 +19,12 @@ CHECKPOINT_EVERY = 100
 
 def seed_args(data_dir, workdir, *extra):
   return (
-      "--config=configs/keras_seed.py", "--config.num_epochs=1",
-      f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
-      f"--config.data_dir={data_dir}", f"--workdir={workdir}", *extra,
+    "--config=configs/keras_seed.py",
+    "--config.num_epochs=1",
+    f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    f"--config.data_dir={data_dir}",
+    f"--workdir={workdir}",
+    *extra,
   )
 
 
@@ -60,8 +63,10 @@ def test_one_epoch_reaches_97_percent_on_the_full_test_set(reference):
 def test_kill_9_and_rerun_ends_bit_for_bit_identical(reference, real_data_dir, tmp_path):
   workdir = str(tmp_path / "killed")
   proc = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "main.py"), *seed_args(real_data_dir, workdir)],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    [sys.executable, os.path.join(ROOT, "main.py"), *seed_args(real_data_dir, workdir)],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
   )
   ckpt = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 600

@@ -21,11 +21,11 @@ def test_mock_data_loads_as_uint8_arrays_and_is_cached(mock_data_dir):
 
 def test_cached_data_loads_without_tensorflow_or_tfds(mock_data_dir):
   code = (
-      "import sys; from mnist_flax import input_pipeline as ip; "
-      f"s = ip.load_mnist({mock_data_dir!r}); "
-      "assert s['train']['image'].shape[1:] == (28, 28, 1); "
-      "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
-      "assert not bad, bad"
+    "import sys; from mnist_flax import input_pipeline as ip; "
+    f"s = ip.load_mnist({mock_data_dir!r}); "
+    "assert s['train']['image'].shape[1:] == (28, 28, 1); "
+    "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
+    "assert not bad, bad"
   )
   subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
 

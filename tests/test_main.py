@@ -1,19 +1,17 @@
-import os
-
 import pytest
 
 from mnist_flax import input_pipeline
 from tests.conftest import run_main
 
 BAD_INPUTS = {
-    "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
-    "negative epochs": (["--config.num_epochs=-1"], "config.num_epochs must be a positive integer"),
-    "zero learning rate": (["--config.learning_rate=0.0"], "config.learning_rate must be a positive number"),
-    "not a number": (["--config.batch_size=abc"], "--config.batch_size=abc"),
-    "unknown key": (["--config.nonexistent=1"], "unknown config field 'nonexistent'"),
-    "unknown nested key": (["--config.model.width=3"], "unknown config field 'width'"),
-    "missing config file": (["--config=configs/missing.py"], "config file configs/missing.py does not exist"),
-    "stray argument": (["train"], "unexpected arguments: train"),
+  "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
+  "negative epochs": (["--config.num_epochs=-1"], "config.num_epochs must be a positive integer"),
+  "zero learning rate": (["--config.learning_rate=0.0"], "config.learning_rate must be a positive number"),
+  "not a number": (["--config.batch_size=abc"], "--config.batch_size=abc"),
+  "unknown key": (["--config.nonexistent=1"], "unknown config field 'nonexistent'"),
+  "unknown nested key": (["--config.model.width=3"], "unknown config field 'width'"),
+  "missing config file": (["--config=configs/missing.py"], "config file configs/missing.py does not exist"),
+  "stray argument": (["train"], "unexpected arguments: train"),
 }
 
 
@@ -46,8 +44,9 @@ def test_bad_input_leaves_an_existing_run_untouched(tmp_path):
 
 def test_batch_size_not_divisible_by_devices_is_refused(tmp_path):
   result = run_main(
-      "--config.batch_size=100", f"--workdir={tmp_path / 'run'}",
-      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    "--config.batch_size=100",
+    f"--workdir={tmp_path / 'run'}",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
   )
   assert_one_line_error(result, "config.batch_size 100 is not divisible by the 8 devices")
 
@@ -55,8 +54,10 @@ def test_batch_size_not_divisible_by_devices_is_refused(tmp_path):
 @pytest.mark.skipif(input_pipeline._can_download(), reason="this machine can reach the MNIST download host")
 def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
   result = run_main(
-      "--config.manual_dir=", f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}",
-      env={"MNIST_MANUAL_DIR": ""},
+    "--config.manual_dir=",
+    f"--config.data_dir={tmp_path / 'tfds'}",
+    f"--workdir={tmp_path / 'run'}",
+    env={"MNIST_MANUAL_DIR": ""},
   )
   assert_one_line_error(result, "MNIST_MANUAL_DIR")
   assert not (tmp_path / "run").exists()

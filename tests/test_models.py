@@ -21,10 +21,10 @@ def test_keras_seed_network_has_225034_parameters(seed_config):
   assert count_params(params) == 225_034
   shapes = {k: v["kernel"].shape for k, v in params.items()}
   assert shapes == {
-      "Conv_0": (3, 3, 1, 32),
-      "Conv_1": (3, 3, 32, 64),
-      "Dense_0": (1600, 128),
-      "Dense_1": (128, 10),
+    "Conv_0": (3, 3, 1, 32),
+    "Conv_1": (3, 3, 32, 64),
+    "Dense_0": (1600, 128),
+    "Dense_1": (128, 10),
   }
 
 

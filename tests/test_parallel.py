@@ -47,8 +47,13 @@ print("ok")
 def test_a_step_on_eight_devices_matches_one_device():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(
-      [sys.executable, "-c", EIGHT_DEVICE_STEP], cwd=ROOT, env={**__import__("os").environ, **env},
-      capture_output=True, text=True, timeout=600, check=False,
+    [sys.executable, "-c", EIGHT_DEVICE_STEP],
+    cwd=ROOT,
+    env={**__import__("os").environ, **env},
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith("ok")

@@ -11,8 +11,8 @@ from mnist_flax import TrainState, create_train_state, eval_step, train_step
 def make_batch(key, n=8):
   k1, k2 = jax.random.split(key)
   return {
-      "image": jax.random.uniform(k1, (n, 28, 28, 1)),
-      "label": jax.random.randint(k2, (n,), 0, 10),
+    "image": jax.random.uniform(k1, (n, 28, 28, 1)),
+    "label": jax.random.randint(k2, (n,), 0, 10),
   }
 
 
@@ -76,7 +76,7 @@ def test_train_step_inside_jit_scan_and_vmap(state):
     single, metrics = train_step(state.replace(rng=rngs[i]), batches[0])
     np.testing.assert_allclose(v_metrics["loss"][i], metrics["loss"], rtol=1e-5)
     jax.tree.map(
-        lambda x, y, i=i: np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-6), v_states.params, single.params
+      lambda x, y, i=i: np.testing.assert_allclose(x[i], y, rtol=1e-5, atol=1e-6), v_states.params, single.params
     )
 
 
@@ -104,9 +104,9 @@ def test_eval_step_counts_only_masked_rows(state):
   batch = make_batch(jax.random.PRNGKey(5), n=10)
   full = eval_step(state, batch)
   padded = {
-      "image": jnp.concatenate([batch["image"], jnp.zeros((6, 28, 28, 1))]),
-      "label": jnp.concatenate([batch["label"], jnp.zeros((6,), jnp.int32)]),
-      "mask": jnp.arange(16) < 10,
+    "image": jnp.concatenate([batch["image"], jnp.zeros((6, 28, 28, 1))]),
+    "label": jnp.concatenate([batch["label"], jnp.zeros((6,), jnp.int32)]),
+    "mask": jnp.arange(16) < 10,
   }
   masked = eval_step(state, padded)
   assert float(masked["count"]) == 10.0

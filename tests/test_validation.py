@@ -12,23 +12,23 @@ def test_shipped_configs_are_valid(config, seed_config):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("batch_size", 0, "batch_size must be a positive integer"),
-        ("batch_size", -8, "batch_size must be a positive integer"),
-        ("batch_size", 60_008, "exceeds the 60000 training images"),
-        ("num_epochs", 0, "num_epochs must be a positive integer"),
-        ("eval_batch_size", 0, "eval_batch_size must be a positive integer"),
-        ("learning_rate", 0.0, "learning_rate must be a positive number"),
-        ("learning_rate", -1e-3, "learning_rate must be a positive number"),
-        ("learning_rate", float("nan"), "learning_rate must be a positive number"),
-        ("checkpoint_every_steps", 0, "checkpoint_every_steps must be a positive integer"),
-        ("keep_checkpoints", 0, "keep_checkpoints must be a positive integer"),
-        ("steps_per_dispatch", -1, "steps_per_dispatch must be 0"),
-        ("warmup_epochs", 10.0, "warmup_epochs must be in"),
-        ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
-        ("augment_max_shift", 14, "augment_max_shift must be an integer"),
-    ],
+  ("field", "value", "message"),
+  [
+    ("batch_size", 0, "batch_size must be a positive integer"),
+    ("batch_size", -8, "batch_size must be a positive integer"),
+    ("batch_size", 60_008, "exceeds the 60000 training images"),
+    ("num_epochs", 0, "num_epochs must be a positive integer"),
+    ("eval_batch_size", 0, "eval_batch_size must be a positive integer"),
+    ("learning_rate", 0.0, "learning_rate must be a positive number"),
+    ("learning_rate", -1e-3, "learning_rate must be a positive number"),
+    ("learning_rate", float("nan"), "learning_rate must be a positive number"),
+    ("checkpoint_every_steps", 0, "checkpoint_every_steps must be a positive integer"),
+    ("keep_checkpoints", 0, "keep_checkpoints must be a positive integer"),
+    ("steps_per_dispatch", -1, "steps_per_dispatch must be 0"),
+    ("warmup_epochs", 10.0, "warmup_epochs must be in"),
+    ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
+    ("augment_max_shift", 14, "augment_max_shift must be an integer"),
+  ],
 )
 def test_bad_values_are_refused_in_one_line(config, field, value, message):
   config[field] = value
@@ -38,15 +38,15 @@ def test_bad_values_are_refused_in_one_line(config, field, value, message):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("features", (), "features must be positive integers"),
-        ("features", (32, 0), "features must be positive integers"),
-        ("padding", "FULL", "padding must be"),
-        ("dropout_rate", 1.0, "dropout_rate must be in"),
-        ("kernel_size", 0, "kernel_size must be a positive integer"),
-        ("features", (8, 8, 8, 8, 8), "does not fit 28x28 images"),
-    ],
+  ("field", "value", "message"),
+  [
+    ("features", (), "features must be positive integers"),
+    ("features", (32, 0), "features must be positive integers"),
+    ("padding", "FULL", "padding must be"),
+    ("dropout_rate", 1.0, "dropout_rate must be in"),
+    ("kernel_size", 0, "kernel_size must be a positive integer"),
+    ("features", (8, 8, 8, 8, 8), "does not fit 28x28 images"),
+  ],
 )
 def test_bad_model_configs_are_refused(config, field, value, message):
   config.model[field] = value
