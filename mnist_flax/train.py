@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 
 from mnist_flax import checkpoints, input_pipeline, models, parallel, steps, validation
@@ -269,6 +270,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       offset = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
       if offset == 0:
         sums = jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, replicated)
+      bar = tqdm.tqdm(
+          total=steps_per_epoch,
+          initial=offset,
+          desc=f"epoch {epoch + 1}/{config.num_epochs}",
+          unit="step",
+          leave=False,
+          disable=None if is_main else True,  # None: shown only on a terminal.
+      )
       for first in range(offset, steps_per_epoch, chunk_steps):
         n = min(chunk_steps, steps_per_epoch - first)
         if n not in chunk_fns:
@@ -276,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, sums = chunk_fns[n](state, sums, train_images, train_labels, order, jnp.int32(first), train_rng)
         jax.block_until_ready(sums)
         step = epoch * steps_per_epoch + first + n
+        bar.update(n)
         preempted = stop.is_set() or (jax.process_count() > 1 and manager.reached_preemption(step))
         due = step // config.checkpoint_every_steps > (step - n) // config.checkpoint_every_steps
         # At the end of an epoch the save waits until its record is written (below).
@@ -287,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           manager.close()
           raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
 
+      bar.close()
       train = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
       if not np.isfinite(train["loss"]):
         manager.close()

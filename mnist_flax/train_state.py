@@ -41,7 +41,7 @@ class TrainState(train_state.TrainState):
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with linear warm-up and cosine decay over the whole run."""
+  """Adam with linear warm-up (capped at the run's length) and cosine decay over the whole run."""
   total_steps = config.num_epochs * steps_per_epoch
   warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
   end_value = config.learning_rate * config.final_learning_rate_factor

@@ -53,8 +53,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
       f"config.{name} must be a positive number, got {value!r}",
     )
   _require(
-    0 <= config.warmup_epochs < config.num_epochs,
-    f"config.warmup_epochs must be in [0, num_epochs), got {config.warmup_epochs!r}",
+    isinstance(config.warmup_epochs, int | float) and config.warmup_epochs >= 0,
+    f"config.warmup_epochs must be a non-negative number, got {config.warmup_epochs!r}",
   )
   _require(
     0 <= config.final_learning_rate_factor <= 1,

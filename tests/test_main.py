@@ -1,7 +1,15 @@
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from mnist_flax import input_pipeline
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 
 BAD_INPUTS = {
   "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
@@ -61,3 +69,59 @@ def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
   )
   assert_one_line_error(result, "MNIST_MANUAL_DIR")
   assert not (tmp_path / "run").exists()
+
+
+def tiny_args(data_dir, workdir, *extra):
+  return (
+    "--config.model.features=(4,)",
+    "--config.model.dense_features=(16,)",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=40",
+    "--config.steps_per_dispatch=5",
+    "--config.checkpoint_every_steps=10",
+    f"--config.data_dir={data_dir}",
+    "--config.manual_dir=",
+    f"--workdir={workdir}",
+    *extra,
+  )
+
+
+def test_a_prepared_run_never_imports_tensorflow(mock_data_dir, tmp_path):
+  args = tiny_args(mock_data_dir, tmp_path / "run", "--config.num_epochs=1")
+  code = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    f"sys.argv = ['main.py', *{list(args)!r}]\n"
+    "runpy.run_path('main.py', run_name='__main__')\n"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "tensorflow imported: False" in result.stdout
+  assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  args = tiny_args(mock_data_dir, workdir, "--config.num_epochs=200")
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT, stderr=subprocess.PIPE, text=True
+  )
+  deadline = time.time() + 300
+  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.1)
+  assert proc.poll() is None, "the run ended before it could be stopped"
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 1
+  last = stderr.strip().splitlines()[-1]
+  assert re.fullmatch(
+    r"main\.py: error: stopped at step \d+ with a checkpoint saved; rerun the same command to resume", last
+  )
+  stopped_at = int(re.search(r"step (\d+)", last).group(1))
+  assert str(stopped_at) in os.listdir(workdir / "checkpoints")
+
+  result = run_main(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from the checkpoint at step {stopped_at}" in result.stderr
+  epochs = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert epochs == list(range(1, 201))

@@ -25,7 +25,7 @@ def test_shipped_configs_are_valid(config, seed_config):
     ("checkpoint_every_steps", 0, "checkpoint_every_steps must be a positive integer"),
     ("keep_checkpoints", 0, "keep_checkpoints must be a positive integer"),
     ("steps_per_dispatch", -1, "steps_per_dispatch must be 0"),
-    ("warmup_epochs", 10.0, "warmup_epochs must be in"),
+    ("warmup_epochs", -1.0, "warmup_epochs must be a non-negative number"),
     ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
     ("augment_max_shift", 14, "augment_max_shift must be an integer"),
   ],
