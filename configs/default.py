@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Train steps per host-to-device dispatch; 0 picks the backend's default
-  # (16 unrolled steps on CPU, a rolled scan over the whole epoch on GPU/TPU).
+  # (about 16 unrolled steps on CPU, a rolled scan over the whole epoch on GPU/TPU).
   config.steps_per_dispatch = 0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3

@@ -18,6 +18,7 @@ def make_batch(key, n=8):
 
 @pytest.fixture
 def state(config):
+  config.warmup_epochs = 0.0  # A warm-up starts at learning rate 0, which would leave step 1's params unchanged.
   config.model.dropout_rate = 0.3
   config.model.features = (8, 16)
   config.model.dense_features = (32,)

@@ -38,7 +38,10 @@ def test_batched_with_mask_pads_the_remainder():
 
 
 def test_steps_per_dispatch_defaults_per_backend(config):
-  assert train.steps_per_dispatch(config, 468, "cpu") == 16
+  assert train.steps_per_dispatch(config, 468, "cpu") == 18  # 468 = 26 x 18: one compiled chunk.
+  assert train.steps_per_dispatch(config, 480, "cpu") == 16
+  assert train.steps_per_dispatch(config, 467, "cpu") == 16  # Prime: no divisor in [8, 32].
+  assert train.steps_per_dispatch(config, 5, "cpu") == 5
   assert train.steps_per_dispatch(config, 468, "gpu") == 468
   assert train.steps_per_dispatch(config, 468, "tpu") == 468
   config.steps_per_dispatch = 50
