@@ -73,6 +73,11 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
+def zero_sums(sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Per-epoch running sums of the train metrics, all zero."""
+  return jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, sharding)
+
+
 def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bool, mesh: jax.sharding.Mesh):
   """Compiles `num_steps` train steps over device-resident data into one call.
 
@@ -194,6 +199,13 @@ def stop_requests():
       signal.signal(s, h)
 
 
+def _stop(manager, step: int) -> None:
+  """Finishes the checkpoint just started and ends the run with `Interrupted`."""
+  manager.wait_until_finished()
+  manager.close()
+  raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the config's CNN on MNIST, evaluating the full test set every epoch.
 
@@ -237,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = parallel.replicated(mesh)
   init = functools.partial(create_train_state, config, steps_per_epoch=steps_per_epoch)
   state: TrainState = jax.jit(init, out_shardings=replicated)(init_rng)
-  sums = jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, replicated)
+  sums = zero_sums(replicated)
 
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -277,7 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       order = order_fn(train_rng, epoch, num_train)
       offset = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
       if offset == 0:
-        sums = jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, replicated)
+        sums = zero_sums(replicated)
       bar = tqdm.tqdm(
         total=steps_per_epoch,
         initial=offset,
@@ -294,16 +306,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.block_until_ready(sums)
         step = epoch * steps_per_epoch + first + n
         bar.update(n)
-        preempted = stop.is_set() or (jax.process_count() > 1 and manager.reached_preemption(step))
+        # Several processes stop together through orbax's preemption sync; one process on its own signal.
+        preempted = manager.reached_preemption(step) if jax.process_count() > 1 else stop.is_set()
         due = step // config.checkpoint_every_steps > (step - n) // config.checkpoint_every_steps
-        # At the end of an epoch the save waits until its record is written (below).
-        if (due or preempted) and first + n < steps_per_epoch:
-          elapsed = elapsed_before + time.perf_counter() - start_time
-          checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})
-        if preempted and first + n < steps_per_epoch:
-          manager.wait_until_finished()
-          manager.close()
-          raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
+        if first + n < steps_per_epoch:  # At the end of an epoch the save waits for its record (below).
+          if due or preempted:
+            elapsed = elapsed_before + time.perf_counter() - start_time
+            checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})
+          if preempted:
+            _stop(manager, step)
 
       bar.close()
       train = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
@@ -340,9 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if due or preempted or step == total_steps:
         checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})
       if preempted and step < total_steps:
-        manager.wait_until_finished()
-        manager.close()
-        raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
+        _stop(manager, step)
   manager.wait_until_finished()
   manager.close()
   return record
