@@ -1,11 +1,14 @@
 """The seed tutorials' Keras CNN, exactly: conv3x3x32 VALID, pool, conv3x3x64 VALID, pool, dense 128, dense 10.
 
-225,034 parameters; Adam at a constant 1e-3, batch 128, no dropout, no augmentation.
-The yardstick for speed against `../shared/peers/keras_seed_cnn.py`.
+225,034 parameters; Adam at a constant 1e-3, batch 128, no dropout, no augmentation. The
+yardstick for speed against the same network in Keras (`../shared/peers/keras_seed_cnn.py`).
 
-    python main.py --config=configs/keras_seed.py
+Command:
+  python main.py --config=configs/keras_seed.py
 
-Measured on the 2-core CPU: see README.md ("Results").
+Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8), seed 0: test accuracy
+99.12 % after 10 epochs; 15.5-18.5 s per epoch after the first (28.2 s with compilation);
+3 min 6 s for the whole command.
 """
 
 import ml_collections
