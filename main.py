@@ -48,9 +48,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(_one_line(e))
 
 
+def _config_path() -> str:
+  """The --config file, without the optional `:argument` that ml_collections passes to get_config."""
+  return flags.FLAGS["config"].config_filename.split(":")[0]
+
+
 def load_config():
   """The config with its `--config.x` overrides applied (ml_collections applies them lazily)."""
-  path = flags.FLAGS["config"].config_filename.split(":")[0]
+  path = _config_path()
   if not os.path.isfile(path):
     _fail(f"config file {path} does not exist")
   try:
@@ -61,7 +66,7 @@ def load_config():
 
 def default_workdir() -> str:
   """workdirs/<config file name without .py>, beside main.py (git-ignored)."""
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  name = os.path.splitext(os.path.basename(_config_path()))[0]
   return os.path.join(HERE, "workdirs", name)
 
 

@@ -52,9 +52,13 @@ def cache_path(data_dir: str | None) -> str:
   return os.path.join(resolve_data_dir(data_dir), "mnist", CACHE_NAME)
 
 
-def missing_manual_files(manual_dir: str) -> list[str]:
-  """Names of the four MNIST files that `manual_dir` lacks."""
-  return [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+def check_manual_dir(manual_dir: str) -> None:
+  """Raises `DataError` unless `manual_dir` is a folder holding the four MNIST files."""
+  if not os.path.isdir(manual_dir):
+    raise DataError(f"manual_dir {manual_dir} is not a folder; {how_to_provide()}")
+  missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+  if missing:
+    raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
 
 
 def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Splits:
@@ -120,9 +124,7 @@ def _tfds_prepared(data_dir: str) -> bool:
 
 def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
   if manual_dir:
-    missing = missing_manual_files(manual_dir)
-    if missing:
-      raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
+    check_manual_dir(manual_dir)
   elif not _tfds_prepared(data_dir) and not _can_download():
     raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
 

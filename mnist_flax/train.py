@@ -73,6 +73,11 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
+def to_unit_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels to float32 in [0, 1], the images `train_step` and `eval_step` expect."""
+  return images.astype(jnp.float32) / 255.0
+
+
 def zero_sums(sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Per-epoch running sums of the train metrics, all zero."""
   return jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, sharding)
@@ -91,7 +96,7 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
     def body(carry, i):
       state, sums = carry
       idx = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch_size, batch_size)
-      batch = {"image": images[idx].astype(jnp.float32) / 255.0, "label": labels[idx]}
+      batch = {"image": to_unit_float(images[idx]), "label": labels[idx]}
       batch = jax.lax.with_sharding_constraint(batch, sharding)
       aug_rng = jax.random.fold_in(data_rng, state.step)
       batch["image"] = random_shift(aug_rng, batch["image"], max_shift)
@@ -111,7 +116,7 @@ def make_evaluate(mesh: jax.sharding.Mesh):
   def evaluate(state, images, labels, mask):
     def one(batch):
       image, label, m = batch
-      b = {"image": image.astype(jnp.float32) / 255.0, "label": label, "mask": m}
+      b = {"image": to_unit_float(image), "label": label, "mask": m}
       return steps.eval_step(state, jax.lax.with_sharding_constraint(b, sharding))
 
     return jax.lax.map(one, (images, labels, mask))

@@ -7,7 +7,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from mnist_flax import models
+from mnist_flax import input_pipeline, models
 
 
 class TrainState(train_state.TrainState):
@@ -67,7 +67,7 @@ def create_train_state(
     The initial `TrainState`.
   """
   if steps_per_epoch is None:
-    steps_per_epoch = 60_000 // config.batch_size
+    steps_per_epoch = input_pipeline.SPLIT_SIZES["train"] // config.batch_size
   model = models.create_model(config.model)
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)["params"]

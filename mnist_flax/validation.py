@@ -46,12 +46,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
   )
   _require(_is_int(config.seed), f"config.seed must be an integer, got {config.seed!r}")
-  for name in ("learning_rate",):
-    value = config[name]
-    _require(
-      isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and value == value,
-      f"config.{name} must be a positive number, got {value!r}",
-    )
+  lr = config.learning_rate
+  _require(
+    isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0 and lr == lr,
+    f"config.learning_rate must be a positive number, got {lr!r}",
+  )
   _require(
     isinstance(config.warmup_epochs, int | float) and config.warmup_epochs >= 0,
     f"config.warmup_epochs must be a non-negative number, got {config.warmup_epochs!r}",
@@ -76,12 +75,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     )
   _validate_model(config.model)
   if config.manual_dir:
-    _require(os.path.isdir(config.manual_dir), f"config.manual_dir {config.manual_dir} is not a folder")
-    missing = input_pipeline.missing_manual_files(config.manual_dir)
-    _require(
-      not missing,
-      f"config.manual_dir {config.manual_dir} lacks {', '.join(missing)}; {input_pipeline.how_to_provide()}",
-    )
+    try:
+      input_pipeline.check_manual_dir(config.manual_dir)
+    except input_pipeline.DataError as e:
+      raise ConfigError(f"config.{e}") from e
 
 
 def _validate_model(model_config: ml_collections.ConfigDict) -> None:

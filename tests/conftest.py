@@ -23,26 +23,38 @@ def seed_config():
   return keras_seed.get_config()
 
 
+# A small, fast variant of the default config for loop tests on mock data.
+TINY_OVERRIDES = {
+  "model.features": (4,),
+  "model.dense_features": (16,),
+  "model.dropout_rate": 0.1,
+  "batch_size": 16,
+  "eval_batch_size": 24,
+  "num_epochs": 2,
+  "steps_per_dispatch": 3,
+  "checkpoint_every_steps": 5,
+  "manual_dir": "",
+}
+
+
 @pytest.fixture
 def tiny_config():
-  """A small, fast variant of the default config for loop tests on mock data."""
   c = default.get_config()
-  c.model.features = (4,)
-  c.model.dense_features = (16,)
-  c.model.dropout_rate = 0.1
-  c.batch_size = 16
-  c.eval_batch_size = 24
-  c.num_epochs = 2
-  c.steps_per_dispatch = 3
-  c.checkpoint_every_steps = 5
-  c.manual_dir = ""
+  c.update_from_flattened_dict(TINY_OVERRIDES)
   return c
+
+
+def tiny_flags(**changes) -> list[str]:
+  """The tiny config, with top-level `changes`, as `--config.x=v` flags for main.py."""
+  return [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, **changes}.items()]
 
 
 @pytest.fixture(scope="session")
 def manual_dir():
   path = os.environ.get("MNIST_MANUAL_DIR", "")
-  if not path or input_pipeline.missing_manual_files(path):
+  try:
+    input_pipeline.check_manual_dir(path)
+  except input_pipeline.DataError:
     pytest.skip(REAL_MNIST_REASON)
   return os.path.abspath(path)
 

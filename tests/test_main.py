@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mnist_flax import input_pipeline
-from tests.conftest import ROOT, run_main
+from tests.conftest import ROOT, run_main, tiny_flags
 
 BAD_INPUTS = {
   "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
@@ -71,23 +71,13 @@ def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def tiny_args(data_dir, workdir, *extra):
-  return (
-    "--config.model.features=(4,)",
-    "--config.model.dense_features=(16,)",
-    "--config.batch_size=16",
-    "--config.eval_batch_size=40",
-    "--config.steps_per_dispatch=5",
-    "--config.checkpoint_every_steps=10",
-    f"--config.data_dir={data_dir}",
-    "--config.manual_dir=",
-    f"--workdir={workdir}",
-    *extra,
-  )
+def tiny_args(data_dir, workdir, num_epochs):
+  flags = tiny_flags(num_epochs=num_epochs, eval_batch_size=40, steps_per_dispatch=5, checkpoint_every_steps=10)
+  return (*flags, f"--config.data_dir={data_dir}", f"--workdir={workdir}")
 
 
 def test_a_prepared_run_never_imports_tensorflow(mock_data_dir, tmp_path):
-  args = tiny_args(mock_data_dir, tmp_path / "run", "--config.num_epochs=1")
+  args = tiny_args(mock_data_dir, tmp_path / "run", num_epochs=1)
   code = (
     "import atexit, runpy, sys\n"
     "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
@@ -102,7 +92,7 @@ def test_a_prepared_run_never_imports_tensorflow(mock_data_dir, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_args(mock_data_dir, workdir, "--config.num_epochs=200")
+  args = tiny_args(mock_data_dir, workdir, num_epochs=200)
   proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT, stderr=subprocess.PIPE, text=True
   )
