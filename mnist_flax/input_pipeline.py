@@ -11,6 +11,8 @@ import os
 import socket
 import tempfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -31,6 +33,11 @@ Splits = dict[str, dict[str, np.ndarray]]
 
 class DataError(UsageError):
   """MNIST could not be found, built or read."""
+
+
+def to_unit_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels to float32 in [0, 1], the images `train_step` and `eval_step` expect."""
+  return images.astype(jnp.float32) / 255.0
 
 
 def how_to_provide() -> str:

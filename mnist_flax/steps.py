@@ -42,6 +42,31 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
+def eval_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> Metrics:
+  """Loss and accuracy of `logits` against `labels`, counting only rows where `mask` is true.
+
+  Args:
+    logits: [B, num_classes] model outputs.
+    labels: int [B] true classes.
+    mask: Optional float or bool [B] marking real examples (padded rows are 0).
+
+  Returns:
+    Scalar `loss` and `accuracy` (means over the real examples), `count` (number
+    of real examples) and `correct` (number classified correctly).
+  """
+  losses, hits = _losses_and_hits(logits, labels)
+  mask = jnp.ones_like(losses) if mask is None else mask.astype(jnp.float32)
+  count = mask.sum()
+  correct = (hits * mask).sum()
+  denominator = jnp.maximum(count, 1.0)
+  return {
+    "loss": (losses * mask).sum() / denominator,
+    "accuracy": correct / denominator,
+    "count": count,
+    "correct": correct,
+  }
+
+
 @jax.jit
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
   """Evaluates the model (dropout off) on a batch.
@@ -53,19 +78,7 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
       their real rows.
 
   Returns:
-    Scalar `loss` and `accuracy` (means over the real examples), `count` (number
-    of real examples) and `correct` (number classified correctly).
+    The `eval_metrics` of the batch: `loss`, `accuracy`, `count` and `correct`.
   """
   logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
-  losses, hits = _losses_and_hits(logits, batch["label"])
-  mask = batch.get("mask")
-  mask = jnp.ones_like(losses) if mask is None else mask.astype(jnp.float32)
-  count = mask.sum()
-  correct = (hits * mask).sum()
-  denominator = jnp.maximum(count, 1.0)
-  return {
-    "loss": (losses * mask).sum() / denominator,
-    "accuracy": correct / denominator,
-    "count": count,
-    "correct": correct,
-  }
+  return eval_metrics(logits, batch["label"], batch.get("mask"))

@@ -40,16 +40,19 @@ class TrainState(train_state.TrainState):
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with linear warm-up (capped at the run's length) and cosine decay over the whole run."""
+def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate at each step: linear warm-up (capped at the run's length), then cosine decay."""
   total_steps = config.num_epochs * steps_per_epoch
   warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
   end_value = config.learning_rate * config.final_learning_rate_factor
   if warmup_steps == 0:
-    schedule = optax.cosine_decay_schedule(config.learning_rate, total_steps, end_value / config.learning_rate)
-  else:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps, total_steps, end_value)
-  return optax.adam(schedule)
+    return optax.cosine_decay_schedule(config.learning_rate, total_steps, end_value / config.learning_rate)
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps, total_steps, end_value)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam following `create_schedule`."""
+  return optax.adam(create_schedule(config, steps_per_epoch))
 
 
 def create_train_state(

@@ -1,0 +1,89 @@
+"""Evaluation on a whole split: loss, accuracy, class probabilities and the confusion matrix."""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from mnist_flax import input_pipeline, parallel, steps
+from mnist_flax.models import NUM_CLASSES
+from mnist_flax.train_state import TrainState
+
+
+def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
+  """Pads a split to whole batches: images [nb, bs, 28, 28, 1], labels and mask [nb, bs]."""
+  n = len(split["label"])
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  images = np.concatenate([split["image"], np.zeros((pad, *split["image"].shape[1:]), np.uint8)])
+  labels = np.concatenate([split["label"], np.zeros((pad,), np.int32)])
+  mask = np.arange(num_batches * batch_size) < n
+  shape = (num_batches, batch_size)
+  return images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape)
+
+
+def make_evaluate(mesh: jax.sharding.Mesh):
+  """Compiles evaluation of a padded split shaped [num_batches, batch, ...] with a mask.
+
+  The returned function maps `(state, images, labels, mask)` to per-batch
+  `steps.eval_metrics` and the class probabilities [num_batches, batch, classes],
+  both replicated on every device.
+  """
+  sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+
+  def evaluate(state, images, labels, mask):
+    def one(batch):
+      image, label, m = jax.lax.with_sharding_constraint(batch, sharding)
+      logits = state.apply_fn({"params": state.params}, input_pipeline.to_unit_float(image), train=False)
+      return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits)
+
+    return jax.lax.map(one, (images, labels, mask))
+
+  return jax.jit(evaluate, out_shardings=(replicated, replicated))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """Counts [true label, predicted label] pairs into a [num_classes, num_classes] int64 matrix.
+
+  Raises:
+    ValueError: the lengths differ or a label is outside `[0, num_classes)`.
+  """
+  labels, predictions = np.asarray(labels, np.int64).reshape(-1), np.asarray(predictions, np.int64).reshape(-1)
+  if len(labels) != len(predictions):
+    raise ValueError(f"inconsistent lengths: {len(labels)} labels, {len(predictions)} predictions")
+  for name, values in (("labels", labels), ("predictions", predictions)):
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+      raise ValueError(f"{name} must be in [0, {num_classes}), got values from {values.min()} to {values.max()}")
+  return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+  """The fraction of each true class predicted correctly (NaN for a class with no examples)."""
+  totals = confusion.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.diag(confusion) / totals
+
+
+class Evaluator:
+  """Evaluates train states on one split, kept on the devices in fixed, padded batches.
+
+  Every call runs the same compiled program on the same batches, so a state
+  evaluated during training and the same state restored later on the same
+  devices give identical numbers.
+  """
+
+  def __init__(self, split: dict[str, np.ndarray], batch_size: int, mesh: jax.sharding.Mesh):
+    """Places `split` ({"image": uint8 [N, 28, 28, 1], "label": int [N]}) on `mesh` in batches of `batch_size`."""
+    self.labels = np.asarray(split["label"])
+    self._batches = parallel.put_replicated(batched_with_mask(split, batch_size), mesh)
+    self._evaluate = make_evaluate(mesh)
+
+  def __call__(self, state: TrainState) -> dict[str, Any]:
+    """Returns `loss`, `accuracy`, `count` and the `probabilities` [N, classes] (numpy) of `state`."""
+    per_batch, probabilities = jax.device_get(self._evaluate(state, *self._batches))
+    count = float(np.sum(per_batch["count"], dtype=np.float64))
+    loss = float(np.sum(per_batch["loss"].astype(np.float64) * per_batch["count"]) / count)
+    accuracy = float(np.sum(per_batch["correct"], dtype=np.float64) / count)
+    probabilities = np.asarray(probabilities).reshape(-1, probabilities.shape[-1])[: len(self.labels)]
+    return {"loss": loss, "accuracy": accuracy, "count": count, "probabilities": probabilities}

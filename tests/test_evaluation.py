@@ -1,0 +1,55 @@
+import jax
+import numpy as np
+import pytest
+
+from mnist_flax import create_train_state, eval_step, evaluation, parallel
+
+
+def test_batched_with_mask_pads_the_remainder():
+  split = {"image": np.ones((10, 28, 28, 1), np.uint8), "label": np.arange(10, dtype=np.int32)}
+  images, labels, mask = evaluation.batched_with_mask(split, 4)
+  assert images.shape == (3, 4, 28, 28, 1) and labels.shape == (3, 4)
+  assert mask.sum() == 10 and not mask[2, 2:].any()
+  np.testing.assert_array_equal(labels.reshape(-1)[:10], np.arange(10))
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+  labels = np.array([0, 0, 1, 1, 1, 2])
+  predictions = np.array([0, 1, 1, 1, 2, 2])
+  confusion = evaluation.confusion_matrix(labels, predictions, num_classes=4)
+  expected = np.zeros((4, 4), int)
+  expected[0, 0] = expected[0, 1] = expected[2, 2] = 1
+  expected[1, 1], expected[1, 2] = 2, 1
+  np.testing.assert_array_equal(confusion, expected)
+  acc = evaluation.per_class_accuracy(confusion)
+  np.testing.assert_allclose(acc[:3], [0.5, 2 / 3, 1.0])
+  assert np.isnan(acc[3])
+  with pytest.raises(ValueError, match="labels must be in"):
+    evaluation.confusion_matrix(np.array([0, 10]), np.array([0, 1]))
+  with pytest.raises(ValueError, match="inconsistent lengths"):
+    evaluation.confusion_matrix(labels[:-1], predictions)
+
+
+@pytest.fixture
+def small_state(config):
+  config.model.features = (4,)
+  config.model.dense_features = (8,)
+  return create_train_state(config, jax.random.PRNGKey(0))
+
+
+def test_evaluator_agrees_with_eval_step_and_counts_every_image_once(small_state):
+  rng = np.random.default_rng(0)
+  split = {
+    "image": rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8),
+    "label": rng.integers(0, 10, 50).astype(np.int32),
+  }
+  mesh = parallel.create_mesh()
+  result = evaluation.Evaluator(split, 16, mesh)(small_state)  # 4 batches, the last one padded.
+  direct = eval_step(small_state, {"image": split["image"] / np.float32(255), "label": split["label"]})
+  assert result["count"] == 50
+  assert result["loss"] == pytest.approx(float(direct["loss"]), rel=1e-5)
+  assert result["accuracy"] == pytest.approx(float(direct["accuracy"]))
+  probabilities = result["probabilities"]
+  assert probabilities.shape == (50, 10)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  assert result["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == split["label"]))
