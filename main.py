@@ -7,27 +7,20 @@ Flags:
 """
 
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import train
+from mnist_flax import cli, train
 from mnist_flax.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PROG = "main.py"
 
 
 def _fail(message: str) -> None:
-  sys.exit(f"main.py: error: {message}")
-
-
-def _one_line(e: BaseException) -> str:
-  if isinstance(e, KeyError | AttributeError):  # ml_collections' report of an unknown field.
-    name = str(e).strip("\"'")
-    return f"unknown config field {name!r}; the config file lists the valid fields"
-  return " ".join(str(e).split()) or type(e).__name__
+  cli.fail(PROG, message)
 
 
 try:  # Defining the flag already applies --config.x overrides from sys.argv to the default config.
@@ -35,17 +28,9 @@ try:  # Defining the flag already applies --config.x overrides from sys.argv to 
     "config", os.path.join(HERE, "configs", "default.py"), "Run config file.", lock_config=True
   )
 except Exception as e:  # noqa: BLE001 - a bad override of the default config.
-  _fail(_one_line(e))
+  _fail(cli.one_line(e))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config name>).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host).")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """Parses flags, turning any flag error into a one-line message and exit code 1."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # noqa: BLE001 - every bad flag ends the same way.
-    _fail(_one_line(e))
 
 
 def _config_path() -> str:
@@ -61,7 +46,7 @@ def load_config():
   try:
     return _CONFIG.value
   except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
-    _fail(f"cannot load config {path}: {_one_line(e)}")
+    _fail(f"cannot load config {path}: {cli.one_line(e)}")
 
 
 def default_workdir() -> str:
@@ -70,20 +55,8 @@ def default_workdir() -> str:
   return os.path.join(HERE, "workdirs", name)
 
 
-def _quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the log; its warnings and errors still show."""
-  import logging as std_logging
-
-  logging.get_absl_handler().addFilter(
-    lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
-  )
-  # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
-  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
-
-
 def main(argv: list[str]) -> None:
   """Entry point after flag parsing."""
-  _quiet_library_logs()
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = load_config()
@@ -92,9 +65,9 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or default_workdir()
   try:
     train.train_and_evaluate(config, workdir)
-  except (UsageError, train.Interrupted, train.Diverged) as e:
-    _fail(str(e))
+  except (train.Interrupted, train.Diverged) as e:
+    raise UsageError(str(e)) from e
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, PROG)

@@ -9,8 +9,8 @@ never interrupted, and ends with bit-for-bit the same parameters and metrics.
 """
 
 import contextlib
+import dataclasses
 import functools
-import json
 import os
 import signal
 import threading
@@ -21,13 +21,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 
-from mnist_flax import checkpoints, input_pipeline, models, parallel, steps, validation
+from mnist_flax import (
+  checkpoints,
+  evaluation,
+  input_pipeline,
+  metric_writers,
+  models,
+  parallel,
+  steps,
+  train_state,
+  validation,
+)
 from mnist_flax.train_state import TrainState, create_train_state
 
-METRICS_FILE = "metrics.jsonl"
+PLOTS_DIR = "plots"
 # Steps per dispatch when config.steps_per_dispatch is 0. XLA:CPU runs an unrolled
 # chunk of about 16 steps fastest; on GPU and TPU a rolled scan over the whole epoch wins.
 CPU_STEPS_PER_DISPATCH = 16
@@ -73,14 +82,30 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
-def to_unit_float(images: jax.Array) -> jax.Array:
-  """uint8 pixels to float32 in [0, 1], the images `train_step` and `eval_step` expect."""
-  return images.astype(jnp.float32) / 255.0
-
-
 def zero_sums(sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Per-epoch running sums of the train metrics, all zero."""
   return jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, sharding)
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """The run's two root PRNG keys: `(init_rng, data_rng)`, for the state and the data order."""
+  init_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, data_rng
+
+
+def init_train_item(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh: jax.sharding.Mesh) -> dict:
+  """The checkpointed pytree at step 0: `{"state": TrainState, "sums": zero sums}`, replicated on `mesh`."""
+  init = functools.partial(create_train_state, config, steps_per_epoch=steps_per_epoch)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(run_keys(config.seed)[0])
+  return {"state": state, "sums": zero_sums(parallel.replicated(mesh))}
+
+
+def abstract_train_item(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+  """The shapes, dtypes and shardings of `init_train_item`, computing nothing: a restore target."""
+  spe = input_pipeline.SPLIT_SIZES["train"] // config.batch_size
+  item = jax.eval_shape(lambda: init_train_item(config, spe, mesh))
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), item)
 
 
 def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bool, mesh: jax.sharding.Mesh):
@@ -96,7 +121,7 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
     def body(carry, i):
       state, sums = carry
       idx = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch_size, batch_size)
-      batch = {"image": to_unit_float(images[idx]), "label": labels[idx]}
+      batch = {"image": input_pipeline.to_unit_float(images[idx]), "label": labels[idx]}
       batch = jax.lax.with_sharding_constraint(batch, sharding)
       aug_rng = jax.random.fold_in(data_rng, state.step)
       batch["image"] = random_shift(aug_rng, batch["image"], max_shift)
@@ -107,78 +132,6 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
     return state, sums
 
   return jax.jit(chunk, donate_argnums=(0, 1))
-
-
-def make_evaluate(mesh: jax.sharding.Mesh):
-  """Compiles evaluation of a padded split shaped [num_batches, batch, ...] with a mask."""
-  sharding = parallel.batch_sharding(mesh)
-
-  def evaluate(state, images, labels, mask):
-    def one(batch):
-      image, label, m = batch
-      b = {"image": to_unit_float(image), "label": label, "mask": m}
-      return steps.eval_step(state, jax.lax.with_sharding_constraint(b, sharding))
-
-    return jax.lax.map(one, (images, labels, mask))
-
-  return jax.jit(evaluate)
-
-
-def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
-  """Pads a split to whole batches: images [nb, bs, 28, 28, 1], labels and mask [nb, bs]."""
-  n = len(split["label"])
-  num_batches = -(-n // batch_size)
-  pad = num_batches * batch_size - n
-  images = np.concatenate([split["image"], np.zeros((pad, *split["image"].shape[1:]), np.uint8)])
-  labels = np.concatenate([split["label"], np.zeros((pad,), np.int32)])
-  mask = np.arange(num_batches * batch_size) < n
-  shape = (num_batches, batch_size)
-  return images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape)
-
-
-def summarize_eval(per_batch: dict[str, jax.Array]) -> dict[str, float]:
-  """Combines per-batch eval metrics into loss and accuracy over every real example."""
-  m = jax.device_get(per_batch)
-  count = float(np.sum(m["count"], dtype=np.float64))
-  loss = float(np.sum(m["loss"].astype(np.float64) * m["count"]) / count)
-  return {"loss": loss, "accuracy": float(np.sum(m["correct"], dtype=np.float64) / count), "count": count}
-
-
-class MetricsLog:
-  """`metrics.jsonl`: one JSON object per evaluation, written by process 0."""
-
-  def __init__(self, workdir: str, enabled: bool):
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.enabled = enabled
-
-  def records(self) -> list[dict[str, Any]]:
-    """The complete records in the file (a line cut short by a crash is skipped)."""
-    if not os.path.exists(self.path):
-      return []
-    out = []
-    with open(self.path) as f:
-      for line in f:
-        with contextlib.suppress(ValueError):
-          out.append(json.loads(line))
-    return out
-
-  def keep_until(self, step: int) -> None:
-    """Drops records after `step`, which a resumed run writes again, identically."""
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    kept = [r for r in self.records() if r.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
-
-  def append(self, record: dict[str, Any]) -> None:
-    """Appends one record and flushes it to disk."""
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -211,14 +164,157 @@ def _stop(manager, step: int) -> None:
   raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
 
 
+@dataclasses.dataclass
+class _Run:
+  """What every epoch of one run needs: the data on the devices, compiled programs, writer and manager."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  steps_per_epoch: int
+  chunk_steps: int
+  train_data: tuple[jax.Array, jax.Array, jax.Array]  # images, labels, data_rng; replicated.
+  evaluator: evaluation.Evaluator
+  schedule: Any
+  manager: Any
+  writer: metric_writers.MetricWriter
+  elapsed_before: float
+  start_time: float = dataclasses.field(default_factory=time.perf_counter)
+  chunk_fns: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+  def elapsed(self) -> float:
+    """Seconds of training so far, earlier runs of this workdir included."""
+    return self.elapsed_before + time.perf_counter() - self.start_time
+
+  def save(self, step: int, state: TrainState, sums: dict) -> None:
+    """Makes the records durable, then starts an asynchronous checkpoint at `step`."""
+    self.writer.flush()
+    checkpoints.save(self.manager, step, {"state": state, "sums": sums}, {"elapsed_s": self.elapsed()})
+
+  def chunk_fn(self, n: int):
+    """The compiled chunk of `n` steps (one per distinct chunk length)."""
+    if n not in self.chunk_fns:
+      unroll = jax.default_backend() == "cpu"
+      c = self.config
+      self.chunk_fns[n] = make_train_chunk(n, c.batch_size, c.augment_max_shift, unroll, self.mesh)
+    return self.chunk_fns[n]
+
+
+def _chunk_scalars(before: dict, after: dict, n: int, done: int, run: _Run, step: int, rate: float) -> dict:
+  """The scalars of a chunk of `n` steps: its means, the epoch's running means (over `done` steps), lr, speed."""
+  return {
+    "loss": (float(after["loss"]) - float(before["loss"])) / n,
+    "accuracy": (float(after["accuracy"]) - float(before["accuracy"])) / n,
+    "running_loss": float(after["loss"]) / done,
+    "running_accuracy": float(after["accuracy"]) / done,
+    "learning_rate": float(run.schedule(step - 1)),
+    "images_per_s": rate,
+  }
+
+
+def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: int, stop) -> tuple:
+  """Trains steps `offset ..` of `epoch` chunk by chunk, checkpointing when due or asked to stop.
+
+  Returns:
+    `(state, sums, due, preempted)` for the epoch's last chunk: whether a checkpoint is due (by
+    `checkpoint_every_steps` or a stop request; it waits for the epoch's record) and whether the
+    run was asked to stop. A stop request in mid-epoch saves and raises `Interrupted`.
+  """
+  spe, c = run.steps_per_epoch, run.config
+  images, labels, data_rng = run.train_data
+  order = epoch_order_fn(run.mesh)(data_rng, epoch, len(labels))
+  before = jax.device_get(sums)
+  throughput = metric_writers.Throughput()
+  due = preempted = False
+  for first in range(offset, spe, run.chunk_steps):
+    n = min(run.chunk_steps, spe - first)
+    state, sums = run.chunk_fn(n)(state, sums, images, labels, order, jnp.int32(first), data_rng)
+    after = jax.device_get(sums)
+    step = epoch * spe + first + n
+    rate = throughput.update(n * c.batch_size)
+    run.writer.write_chunk(step, n, _chunk_scalars(before, after, n, first + n, run, step, rate))
+    before = after
+    # Several processes stop together through orbax's preemption sync; one process on its own signal.
+    preempted = run.manager.reached_preemption(step) if jax.process_count() > 1 else stop.is_set()
+    due = step // c.checkpoint_every_steps > (step - n) // c.checkpoint_every_steps or preempted
+    if first + n < spe:  # At the end of an epoch the save waits for its record.
+      if due:
+        run.save(step, state, sums)
+      if preempted:
+        run.writer.close()
+        _stop(run.manager, step)
+  return state, sums, due, preempted
+
+
+@functools.cache
+def epoch_order_fn(mesh: jax.sharding.Mesh):
+  """`epoch_order`, compiled with a replicated output on `mesh`."""
+  return jax.jit(epoch_order, static_argnums=2, out_shardings=parallel.replicated(mesh))
+
+
+def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_start: float) -> tuple[dict, dict]:
+  """Evaluates `state` on the test set; returns the epoch's metrics.jsonl record and the evaluation."""
+  spe = run.steps_per_epoch
+  train = {k: float(v) / spe for k, v in jax.device_get(sums).items()}
+  if not np.isfinite(train["loss"]):
+    run.writer.close()
+    run.manager.close()
+    raise Diverged(f"the training loss is {train['loss']} at epoch {epoch + 1}; lower config.learning_rate")
+  test = run.evaluator(state)
+  step = (epoch + 1) * spe
+  record = {
+    "step": step,
+    "epoch": epoch + 1,
+    "train_loss": train["loss"],
+    "train_accuracy": train["accuracy"],
+    "train_grad_norm": train["grad_norm"],
+    "learning_rate": float(run.schedule(step - 1)),
+    "test_loss": test["loss"],
+    "test_accuracy": test["accuracy"],
+    "test_count": int(test["count"]),
+    "epoch_s": time.perf_counter() - epoch_start,
+    "elapsed_s": run.elapsed(),
+  }
+  return record, test
+
+
+def write_plots(workdir: str, data: input_pipeline.Splits, probabilities: np.ndarray) -> dict[str, str]:
+  """Writes the run's plots to `<workdir>/plots` (matplotlib is imported here, after training)."""
+  from mnist_flax import plots
+
+  return plots.write_all(
+    os.path.join(workdir, PLOTS_DIR),
+    train_images=data["train"]["image"],
+    train_labels=data["train"]["label"],
+    records=metric_writers.read_records(workdir),
+    test_images=data["test"]["image"],
+    test_labels=data["test"]["label"],
+    test_probabilities=probabilities,
+  )
+
+
+def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, writer) -> None:
+  """Plots and the TensorBoard image of the most confident mistakes, once training is complete."""
+  from mnist_flax import plots
+
+  try:
+    written = write_plots(workdir, data, test["probabilities"])
+    mistakes = plots.confident_mistakes(data["test"]["image"], data["test"]["label"], test["probabilities"])
+    writer.write_image(step, "test/most_confident_mistakes", plots.figure_to_rgb(mistakes))
+  except Exception as e:  # noqa: BLE001 - the trained model and its records are already safe.
+    logging.warning("Could not write the plots: %s", e)
+    return
+  logging.info("Plots: %s", ", ".join(sorted(written.values())))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the config's CNN on MNIST, evaluating the full test set every epoch.
 
   Resumes from the latest checkpoint in `<workdir>/checkpoints` when there is one.
+  Writes `metrics.jsonl`, TensorBoard events, `config.json` and, at the end, plots.
 
   Args:
     config: A run config (see `configs/default.py`).
-    workdir: Folder for checkpoints, `metrics.jsonl` and `config.json`.
+    workdir: Folder for checkpoints, records, plots and `config.json`.
 
   Returns:
     The last evaluation record (as written to `metrics.jsonl`).
@@ -234,129 +330,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   mesh = parallel.create_mesh()
   is_main = jax.process_index() == 0
-  num_train = len(data["train"]["label"])
-  steps_per_epoch = num_train // config.batch_size
-  total_steps = config.num_epochs * steps_per_epoch
-  chunk_steps = steps_per_dispatch(config, steps_per_epoch, jax.default_backend())
+  spe = len(data["train"]["label"]) // config.batch_size
+  total_steps = config.num_epochs * spe
+  chunk_steps = steps_per_dispatch(config, spe, jax.default_backend())
   logging.info(
     "workdir %s; %d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
-    workdir,
-    jax.device_count(),
-    jax.default_backend(),
-    jax.process_count(),
-    steps_per_epoch,
-    chunk_steps,
+    *(workdir, jax.device_count(), jax.default_backend(), jax.process_count(), spe, chunk_steps),
   )
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)
-
-  init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  replicated = parallel.replicated(mesh)
-  init = functools.partial(create_train_state, config, steps_per_epoch=steps_per_epoch)
-  state: TrainState = jax.jit(init, out_shardings=replicated)(init_rng)
-  sums = zero_sums(replicated)
-
+  item = init_train_item(config, spe, mesh)
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
       f.write(config.to_json(indent=2))
-  log = MetricsLog(workdir, enabled=is_main)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+  restored = checkpoints.restore_latest(manager, item)
   elapsed_before = 0.0
-  restored = checkpoints.restore_latest(manager, {"state": state, "sums": sums})
   if restored is not None:
-    (train, progress) = restored
-    state, sums = train["state"], train["sums"]
+    item, progress = restored
     elapsed_before = float(progress.get("elapsed_s", 0.0))
-    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    logging.info("Resumed from the checkpoint at step %d.", int(item["state"].step))
+  state, sums = item["state"], item["sums"]
   start_step = int(state.step)
-  log.keep_until(start_step)
+  writer = metric_writers.create_default_writer(
+    workdir, steps_per_epoch=spe, num_epochs=config.num_epochs, enabled=is_main
+  )
+  writer.truncate(start_step)
   if start_step >= total_steps:
     logging.info("Training already complete at step %d; nothing to do.", start_step)
+    writer.close()
     manager.close()
-    records = log.records()
+    records = metric_writers.read_records(workdir)
     return records[-1] if records else {"step": start_step}
 
-  train_images, train_labels, train_rng = parallel.put_replicated(
-    (data["train"]["image"], data["train"]["label"], np.asarray(data_rng)), mesh
+  run = _Run(
+    config=config,
+    mesh=mesh,
+    steps_per_epoch=spe,
+    chunk_steps=chunk_steps,
+    train_data=parallel.put_replicated(
+      (data["train"]["image"], data["train"]["label"], np.asarray(run_keys(config.seed)[1])), mesh
+    ),
+    evaluator=evaluation.Evaluator(data["test"], config.eval_batch_size, mesh),
+    schedule=train_state.create_schedule(config, spe),
+    manager=manager,
+    writer=writer,
+    elapsed_before=elapsed_before,
   )
-  test = parallel.put_replicated(batched_with_mask(data["test"], config.eval_batch_size), mesh)
-  evaluate = make_evaluate(mesh)
-  chunk_fns: dict[int, Any] = {}
-  unroll = jax.default_backend() == "cpu"
-  order_fn = jax.jit(epoch_order, static_argnums=2, out_shardings=replicated)
-
-  start_time = time.perf_counter()
   record: dict[str, Any] = {}
   with stop_requests() as stop:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    for epoch in range(start_step // spe, config.num_epochs):
       epoch_start = time.perf_counter()
-      order = order_fn(train_rng, epoch, num_train)
-      offset = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+      offset = start_step - epoch * spe if epoch == start_step // spe else 0
       if offset == 0:
-        sums = zero_sums(replicated)
-      bar = tqdm.tqdm(
-        total=steps_per_epoch,
-        initial=offset,
-        desc=f"epoch {epoch + 1}/{config.num_epochs}",
-        unit="step",
-        leave=False,
-        disable=None if is_main else True,  # None: shown only on a terminal.
-      )
-      for first in range(offset, steps_per_epoch, chunk_steps):
-        n = min(chunk_steps, steps_per_epoch - first)
-        if n not in chunk_fns:
-          chunk_fns[n] = make_train_chunk(n, config.batch_size, config.augment_max_shift, unroll, mesh)
-        state, sums = chunk_fns[n](state, sums, train_images, train_labels, order, jnp.int32(first), train_rng)
-        jax.block_until_ready(sums)
-        step = epoch * steps_per_epoch + first + n
-        bar.update(n)
-        # Several processes stop together through orbax's preemption sync; one process on its own signal.
-        preempted = manager.reached_preemption(step) if jax.process_count() > 1 else stop.is_set()
-        due = step // config.checkpoint_every_steps > (step - n) // config.checkpoint_every_steps
-        if first + n < steps_per_epoch:  # At the end of an epoch the save waits for its record (below).
-          if due or preempted:
-            elapsed = elapsed_before + time.perf_counter() - start_time
-            checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})
-          if preempted:
-            _stop(manager, step)
-
-      bar.close()
-      train = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
-      if not np.isfinite(train["loss"]):
-        manager.close()
-        raise Diverged(f"the training loss is {train['loss']} at epoch {epoch + 1}; lower config.learning_rate")
-      test_metrics = summarize_eval(evaluate(state, *test))
-      elapsed = elapsed_before + time.perf_counter() - start_time
-      record = {
-        "step": step,
-        "epoch": epoch + 1,
-        "train_loss": train["loss"],
-        "train_accuracy": train["accuracy"],
-        "train_grad_norm": train["grad_norm"],
-        "test_loss": test_metrics["loss"],
-        "test_accuracy": test_metrics["accuracy"],
-        "test_count": int(test_metrics["count"]),
-        "epoch_s": time.perf_counter() - epoch_start,
-        "elapsed_s": elapsed,
-      }
-      log.append(record)
-      logging.info(
-        "epoch %d/%d step %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s (%.1f s total)",
-        epoch + 1,
-        config.num_epochs,
-        step,
-        train["loss"],
-        100 * train["accuracy"],
-        test_metrics["loss"],
-        100 * test_metrics["accuracy"],
-        record["epoch_s"],
-        elapsed,
-      )
-      if due or preempted or step == total_steps:
-        checkpoints.save(manager, step, {"state": state, "sums": sums}, {"elapsed_s": elapsed})
+        sums = zero_sums(parallel.replicated(mesh))
+      state, sums, save_due, preempted = _train_epoch(run, state, sums, epoch, offset, stop)
+      record, test = _epoch_record(run, state, sums, epoch, epoch_start)
+      writer.write_record(record)
+      step = record["step"]
+      if save_due or step == total_steps:
+        run.save(step, state, sums)
       if preempted and step < total_steps:
+        writer.close()
         _stop(manager, step)
+  if is_main:
+    _finish(workdir, data, test, total_steps, writer)
+  writer.close()
   manager.wait_until_finished()
   manager.close()
   return record

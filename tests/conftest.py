@@ -96,3 +96,49 @@ def mock_data_dir(tmp_path_factory):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     input_pipeline.load_mnist(data_dir, str(manual))
   return data_dir
+
+
+def run_module(
+  module: str, *args: str, env: dict | None = None, cwd: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+  """Runs `python -m MODULE ARGS` (from `cwd`, default the repository root) and returns the finished process."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=cwd or ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, prog: str, message: str) -> None:
+  """The process failed with exactly one stderr line `PROG: error: ...MESSAGE...` and no traceback."""
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr[-2000:]
+  assert lines[0].startswith(f"{prog}: error: ") and message in lines[0], lines[0]
+  assert "Traceback" not in result.stderr + result.stdout
+
+
+def tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in the event files under `logdir`, read with TensorBoard's own reader: tag -> [(step, value)]."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  accumulator = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.SCALARS: 0})
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(mock_data_dir, tmp_path_factory):
+  """A finished 2-epoch run of the tiny config on mock data: its workdir."""
+  from configs import default
+  from mnist_flax import train
+
+  config = default.get_config()
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir})
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from mnist_flax import input_pipeline
+from tests import conftest
 from tests.conftest import ROOT, run_main, tiny_flags
 
 BAD_INPUTS = {
@@ -24,11 +25,7 @@ BAD_INPUTS = {
 
 
 def assert_one_line_error(result, message):
-  assert result.returncode != 0
-  lines = [line for line in result.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1, result.stderr[-2000:]
-  assert lines[0].startswith("main.py: error: ") and message in lines[0], lines[0]
-  assert "Traceback" not in result.stderr + result.stdout
+  conftest.assert_one_line_error(result, "main.py", message)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import train
-from tests.conftest import MOCK_EXAMPLES
+from mnist_flax import metric_writers, train
+from tests.conftest import MOCK_EXAMPLES, tensorboard_scalars
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
@@ -29,14 +29,6 @@ def test_random_shift_translates_with_zero_fill():
     assert any(np.array_equal(shifted[i], c) for c in candidates)
 
 
-def test_batched_with_mask_pads_the_remainder():
-  split = {"image": np.ones((10, 28, 28, 1), np.uint8), "label": np.arange(10, dtype=np.int32)}
-  images, labels, mask = train.batched_with_mask(split, 4)
-  assert images.shape == (3, 4, 28, 28, 1) and labels.shape == (3, 4)
-  assert mask.sum() == 10 and not mask[2, 2:].any()
-  np.testing.assert_array_equal(labels.reshape(-1)[:10], np.arange(10))
-
-
 def test_steps_per_dispatch_defaults_per_backend(config):
   assert train.steps_per_dispatch(config, 468, "cpu") == 18  # 468 = 26 x 18: one compiled chunk.
   assert train.steps_per_dispatch(config, 480, "cpu") == 16
@@ -49,20 +41,8 @@ def test_steps_per_dispatch_defaults_per_backend(config):
   assert train.steps_per_dispatch(config, 20, "gpu") == 20
 
 
-def test_metrics_log_drops_records_after_a_step_and_cut_lines(tmp_path):
-  log = train.MetricsLog(str(tmp_path), enabled=True)
-  for step in (10, 20, 30):
-    log.append({"step": step, "x": 0.1 + step})
-  with open(log.path, "a") as f:
-    f.write('{"step": 40, "x"')  # A line cut short by a crash.
-  assert [r["step"] for r in log.records()] == [10, 20, 30]
-  log.keep_until(20)
-  assert [r["step"] for r in log.records()] == [10, 20]
-  assert log.records()[1]["x"] == 20.1
-
-
 def read_records(workdir):
-  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, metric_writers.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -115,6 +95,16 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
   train.train_and_evaluate(tiny_config, resumed)
 
   assert without_times(read_records(resumed)) == without_times(read_records(reference))
+  # TensorBoard: the same points, none repeated or out of order (times and speeds aside).
+  timeless = [metric_writers.RECORD_TAGS[k] for k in ("elapsed_s", "epoch_s")] + ["chunk/images_per_s"]
+
+  def scalars(workdir):
+    found = tensorboard_scalars(os.path.join(workdir, metric_writers.TENSORBOARD_DIR))
+    return {tag: points for tag, points in found.items() if tag not in timeless}
+
+  expected = scalars(reference)
+  assert {"train/loss", "test/accuracy", "train/learning_rate", "chunk/train_loss"} <= set(expected)
+  assert scalars(resumed) == expected
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):

@@ -1,0 +1,64 @@
+"""What every command shares: flag parsing, one-line errors, quiet library logs and the --workdir flags."""
+
+import logging as std_logging
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from absl import app, flags, logging
+
+from mnist_flax.errors import UsageError
+
+
+def one_line(e: BaseException) -> str:
+  """An exception as one line of text."""
+  if isinstance(e, KeyError | AttributeError):  # ml_collections' report of an unknown field.
+    name = str(e).strip("\"'")
+    return f"unknown config field {name!r}; the config file lists the valid fields"
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def fail(prog: str, message: str) -> NoReturn:
+  """Ends the process with `PROG: error: MESSAGE` on stderr and exit code 1."""
+  sys.exit(f"{prog}: error: {message}")
+
+
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the log; its warnings and errors still show."""
+  logging.get_absl_handler().addFilter(
+    lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
+  )
+  # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+
+def run(main: Callable[[list[str]], None], prog: str) -> None:
+  """Runs `main(argv)` under absl: flag errors and `UsageError`s end in one line and exit code 1."""
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - every bad flag ends the same way.
+      fail(prog, one_line(e))
+
+  def guarded(argv: list[str]) -> None:
+    quiet_library_logs()
+    try:
+      main(argv)
+    except UsageError as e:
+      fail(prog, str(e))
+
+  app.run(guarded, flags_parser=parse)
+
+
+def define_checkpoint_flags() -> None:
+  """--workdir (required) and --step, for the commands that read a trained run."""
+  flags.DEFINE_string("workdir", None, "A run folder written by main.py.", required=True)
+  flags.DEFINE_integer("step", None, "The checkpoint step to use (default: the latest).")
+
+
+def define_data_flags() -> None:
+  """--data_dir and --manual_dir, overriding the run's own config.json for reading MNIST."""
+  flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.data_dir).")
+  flags.DEFINE_string("manual_dir", None, "Folder with the four MNIST files (default: the run's config).")
