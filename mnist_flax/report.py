@@ -1,0 +1,40 @@
+"""`python -m mnist_flax.report --workdir=W`: (re)writes a run's plots in `<workdir>/plots/`.
+
+Flags:
+  --workdir: a run folder written by main.py (required).
+  --step: the checkpoint whose predictions are plotted (default: the latest).
+  --data_dir, --manual_dir: where MNIST is (default: the run's config).
+
+Writes samples.png, learning_curves.png, confusion_matrix.png, predictions.png
+and mistakes.png; the training loop writes the same files when a run ends.
+"""
+
+from absl import flags
+
+from mnist_flax import cli, evaluate, inference, train
+from mnist_flax.errors import UsageError
+
+PROG = "python -m mnist_flax.report"
+
+
+def main(argv: list[str]) -> None:
+  """Evaluates --workdir's checkpoint and writes its plots."""
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  checkpoint = inference.load_checkpoint(f.workdir, f.step)
+  data = evaluate.load_test_split(checkpoint.config, f.data_dir, f.manual_dir)
+  result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
+  try:
+    written = train.write_plots(f.workdir, data, result["probabilities"])
+  except OSError as e:
+    raise UsageError(f"cannot write the plots in {f.workdir}: {e.strerror or e}") from e
+  print(f"step {result['step']}: test accuracy {100 * result['test_accuracy']:.2f}%")
+  for name in sorted(written):
+    print(written[name])
+
+
+if __name__ == "__main__":
+  cli.define_checkpoint_flags()
+  cli.define_data_flags()
+  cli.run(main, PROG)

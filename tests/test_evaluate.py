@@ -1,0 +1,68 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mnist_flax import evaluate, inference
+from mnist_flax.metric_writers import read_records
+from tests.conftest import assert_one_line_error, run_module
+
+PROG = "python -m mnist_flax.evaluate"
+
+
+def test_json_equals_the_last_record_to_the_last_digit(tiny_run):
+  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_run}", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result.stdout)
+  last = read_records(tiny_run)[-1]
+  assert set(got) == {"step", "test_loss", "test_accuracy", "test_count", "per_class_accuracy", "confusion_matrix"}
+  assert got["step"] == last["step"]
+  assert (got["test_loss"], got["test_accuracy"], got["test_count"]) == (
+    last["test_loss"],
+    last["test_accuracy"],
+    last["test_count"],
+  )
+  confusion = np.array(got["confusion_matrix"])
+  assert confusion.shape == (10, 10) and confusion.sum() == got["test_count"]
+  assert np.trace(confusion) / confusion.sum() == pytest.approx(got["test_accuracy"])
+  with np.errstate(invalid="ignore"):
+    expected = np.diag(confusion) / confusion.sum(axis=1)
+  np.testing.assert_allclose(got["per_class_accuracy"], expected)
+
+
+def test_an_earlier_step_equals_its_record(tiny_run):
+  first = read_records(tiny_run)[0]
+  checkpoint = inference.load_checkpoint(tiny_run, first["step"])
+  data = evaluate.load_test_split(checkpoint.config)
+  result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
+  assert (result["step"], result["test_loss"], result["test_accuracy"]) == (
+    first["step"],
+    first["test_loss"],
+    first["test_accuracy"],
+  )
+  table = evaluate.format_report(tiny_run, result)
+  assert f"test accuracy {100 * first['test_accuracy']:.2f}%" in table
+  assert "confusion matrix (rows: true label, columns: predicted label)" in table
+  assert len(table.splitlines()) == 4 + 10 + 3 + 10
+
+
+def test_prints_readable_tables(tiny_run):
+  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_run}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "class   images   correct   accuracy" in result.stdout
+  assert "true\\pred" in result.stdout
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--workdir={missing}"], "is not a folder"),
+    (["--workdir={run}", "--step=7"], "no checkpoint at step 7"),
+    (["--workdir={run}", "extra"], "unexpected arguments: extra"),
+    ([], "--workdir"),
+  ],
+)
+def test_bad_arguments_are_one_line_errors(tiny_run, tmp_path, args, message):
+  args = [a.format(run=tiny_run, missing=os.path.join(tmp_path, "missing")) for a in args]
+  assert_one_line_error(run_module("mnist_flax.evaluate", *args), PROG, message)

@@ -1,0 +1,96 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mnist_flax import Predictor, UsageError, inference
+from mnist_flax.metric_writers import read_records
+
+
+def test_predictor_compiles_once_for_any_batch_size(tiny_run):
+  predictor = Predictor.from_workdir(tiny_run, batch_size=8)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (21, 28, 28), dtype=np.uint8)
+  probabilities = predictor(images)
+  assert probabilities.shape == (21, 10) and probabilities.dtype == np.float32
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  for n in (1, 3, 8, 9):
+    np.testing.assert_allclose(predictor(images[:n]), probabilities[:n], rtol=1e-5, atol=1e-6)
+  assert predictor.traces == 1
+  assert predictor(images[:0]).shape == (0, 10)
+
+
+def test_input_layouts_and_types_agree(tiny_run):
+  predictor = Predictor.from_workdir(tiny_run)
+  images = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+  expected = predictor(images)
+  np.testing.assert_array_equal(predictor(images[..., None]), expected)
+  np.testing.assert_array_equal(predictor(images.astype(np.int64)), expected)
+  np.testing.assert_allclose(predictor(images / 255.0), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+  "images, message",
+  [
+    (np.zeros((2, 28, 27), np.uint8), "shaped"),
+    (np.zeros((28, 28), np.uint8), "shaped"),
+    (np.full((1, 28, 28), 300, np.int32), "0..255"),
+    (np.full((1, 28, 28), 1.5, np.float32), "[0, 1]"),
+    (np.full((1, 28, 28), np.nan, np.float32), "[0, 1]"),
+    (np.zeros((1, 28, 28), bool), "uint8 or float"),
+  ],
+)
+def test_bad_images_are_refused(images, message):
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    inference.as_model_input(images)
+
+
+def test_latest_or_given_step(tiny_run):
+  steps = sorted(int(d) for d in os.listdir(os.path.join(tiny_run, "checkpoints")) if d.isdigit())
+  assert inference.load_checkpoint(tiny_run).step == steps[-1]
+  assert inference.load_checkpoint(tiny_run, steps[0]).step == steps[0]
+  assert read_records(tiny_run)[-1]["step"] == steps[-1]
+
+
+def test_reading_a_workdir_changes_nothing_in_it(tiny_run, tmp_path):
+  pending = os.path.join(tiny_run, "checkpoints", "99.orbax-checkpoint-tmp-1")  # A save still being written.
+  os.makedirs(pending)
+  before = sorted(os.walk(tiny_run))
+  Predictor.from_workdir(tiny_run)
+  assert sorted(os.walk(tiny_run)) == before
+  os.rmdir(pending)
+
+
+def test_unusable_workdirs_are_one_line_errors(tiny_run, tmp_path):
+  cases = {
+    str(tmp_path / "missing"): "is not a folder",
+    str(tmp_path): "config.json is missing",
+  }
+  for workdir, message in cases.items():
+    with pytest.raises(UsageError, match=message):
+      inference.load_checkpoint(workdir)
+  (tmp_path / "config.json").write_text("[1, 2]")
+  with pytest.raises(UsageError, match="not a run config"):
+    inference.load_checkpoint(str(tmp_path))
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(UsageError, match="cannot read"):
+    inference.load_checkpoint(str(tmp_path))
+  with open(os.path.join(tiny_run, "config.json")) as f:
+    (tmp_path / "config.json").write_text(f.read())
+  with pytest.raises(UsageError, match="no checkpoint"):
+    inference.load_checkpoint(str(tmp_path))
+  with pytest.raises(UsageError, match="no checkpoint at step 7 .* there are"):
+    inference.load_checkpoint(tiny_run, 7)
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
+  import shutil
+
+  other = tmp_path / "other"
+  shutil.copytree(tiny_run, other)
+  config = json.loads((other / "config.json").read_text())
+  config["model"]["dense_features"] = [64]
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(UsageError, match="cannot restore the checkpoint"):
+    inference.load_checkpoint(str(other))
