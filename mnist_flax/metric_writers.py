@@ -174,6 +174,7 @@ class ProgressBar(MetricWriter):
     self.num_epochs = num_epochs
     self.disable = disable
     self._bar = None
+    self._epoch_start = time.time()  # The bar is drawn after the first chunk but counts from here.
 
   def write_chunk(self, step: int, num_steps: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
     if self._bar is None:
@@ -185,16 +186,20 @@ class ProgressBar(MetricWriter):
         unit="step",
         leave=False,
         disable=self.disable,
+        mininterval=0,  # Redrawn once per chunk.
       )
+      self._bar.start_t = self._bar.last_print_t = self._epoch_start
+    postfix = {  # In this order (keyword arguments would be sorted).
+      "loss": f"{scalars['running_loss']:.4f}",
+      "acc": f"{100 * scalars['running_accuracy']:.2f}%",
+      "img/s": f"{scalars['images_per_s']:,.0f}",
+    }
+    self._bar.set_postfix(postfix, refresh=False)
     self._bar.update(num_steps)
-    self._bar.set_postfix(
-      loss=f"{scalars['running_loss']:.4f}",
-      acc=f"{100 * scalars['running_accuracy']:.2f}%",
-      img_s=f"{scalars['images_per_s']:,.0f}",
-    )
 
   def write_record(self, record: Record) -> None:  # noqa: D102
     self.close()
+    self._epoch_start = time.time()
 
   def close(self) -> None:  # noqa: D102
     if self._bar is not None:
@@ -336,12 +341,12 @@ def create_default_writer(
   if not enabled:
     return MultiWriter([])
   disable = None if show_progress is None else not show_progress
-  return MultiWriter(
+  return MultiWriter(  # The bar first: it is cleared before the epoch's log line is printed.
     [
+      ProgressBar(steps_per_epoch, num_epochs, disable=disable),
       JsonlWriter(workdir),
       LogWriter(num_epochs),
       TensorBoardWriter(workdir),
-      ProgressBar(steps_per_epoch, num_epochs, disable=disable),
     ]
   )
 

@@ -73,18 +73,26 @@ def tiny_args(data_dir, workdir, num_epochs):
   return (*flags, f"--config.data_dir={data_dir}", f"--workdir={workdir}")
 
 
-def test_a_prepared_run_never_imports_tensorflow(mock_data_dir, tmp_path):
+def test_a_prepared_run_never_imports_tensorflow_and_plots_only_at_the_end(mock_data_dir, tmp_path):
   args = tiny_args(mock_data_dir, tmp_path / "run", num_epochs=1)
+  metrics = str(tmp_path / "run" / "metrics.jsonl")
   code = (
-    "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    "import atexit, os, runpy, sys\n"
+    "late = {}\n"  # Top-level package -> whether the run's record existed when it was first imported.
+    "def hook(event, args):\n"
+    "  top = args[0].split('.')[0] if event == 'import' else None\n"
+    "  if top in ('matplotlib', 'PIL') and top not in late:\n"
+    f"    late[top] = os.path.exists({metrics!r})\n"
+    "sys.addaudithook(hook)\n"
+    "atexit.register(lambda: print('tensorflow:', 'tensorflow' in sys.modules, 'late:', sorted(late.items())))\n"
     f"sys.argv = ['main.py', *{list(args)!r}]\n"
     "runpy.run_path('main.py', run_name='__main__')\n"
   )
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "tensorflow imported: False" in result.stdout
-  assert (tmp_path / "run" / "metrics.jsonl").exists()
+  assert "tensorflow: False late: [('PIL', True), ('matplotlib', True)]" in result.stdout
+  assert os.path.exists(metrics)
+  assert len(os.listdir(tmp_path / "run" / "plots")) == 5  # See test_report for the files themselves.
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path):

@@ -145,7 +145,7 @@ def test_progress_bar_shows_running_loss_accuracy_and_speed(tmp_path, capsys):
   bar = metric_writers.ProgressBar(steps_per_epoch=20, num_epochs=3, disable=False)
   bar.write_chunk(30, 10, chunk(0.25))
   text = capsys.readouterr().err
-  assert "epoch 2/3" in text and "loss=0.2500" in text and "acc=50.00%" in text and "img_s=1,000" in text
+  assert "epoch 2/3" in text and "loss=0.2500" in text and "acc=50.00%" in text and "img/s=1,000" in text
   bar.write_record(record(40))
   assert bar._bar is None  # noqa: SLF001
 
@@ -165,3 +165,9 @@ def test_only_the_first_process_writes(tmp_path):
   writer.write_record(record(10))
   writer.close()
   assert os.listdir(tmp_path) == []
+
+
+def test_the_bar_is_cleared_before_the_epoch_log_line(tmp_path):
+  writer = metric_writers.create_default_writer(str(tmp_path), steps_per_epoch=10, num_epochs=1, show_progress=False)
+  kinds = [type(w) for w in writer.writers]
+  assert kinds.index(metric_writers.ProgressBar) < kinds.index(metric_writers.LogWriter)
