@@ -9,13 +9,13 @@ alone, so training starts without importing TensorFlow or tfds.
 import glob
 import os
 import socket
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mnist_flax import files
 from mnist_flax.errors import UsageError
 
 MNIST_FILES = (
@@ -107,14 +107,8 @@ def _read_cache(path: str) -> Splits:
 
 def _write_cache(path: str, splits: Splits) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **{f"{s}_{k}": v for s, d in splits.items() for k, v in d.items()})
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with files.atomic_write(path, "wb") as f:
+    np.savez(f, **{f"{s}_{k}": v for s, d in splits.items() for k, v in d.items()})
 
 
 def _can_download() -> bool:

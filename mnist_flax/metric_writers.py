@@ -25,6 +25,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from mnist_flax import files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # TensorBoard tags of the metrics.jsonl fields (the step is the x axis).
@@ -132,10 +134,8 @@ class JsonlWriter(MetricWriter):
     if not os.path.exists(self.path):
       return
     kept = [r for r in self.records() if r.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_write(self.path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
 
   def write_record(self, record: Record) -> None:  # noqa: D102
     with open(self.path, "a") as f:
@@ -288,12 +288,8 @@ class TensorBoardWriter(MetricWriter):
       kept = [r for r in records if event_pb2.Event.FromString(r).step <= step]
       if len(kept) == len(records) and os.path.getsize(path) == sum(len(r) + 16 for r in records):
         continue
-      tmp = path + ".tmp"
-      with open(tmp, "wb") as f:
+      with files.atomic_write(path, "wb") as f:
         f.write(b"".join(map(_framed, kept)))
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
 
   def _scalar(self, step: int, tag: str, value: float) -> None:
     from tensorboardX import summary

@@ -2,7 +2,6 @@
 
 import math
 import os
-import secrets
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +13,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from mnist_flax import evaluation
+from mnist_flax import evaluation, files
 
 DPI = 110
 NUM_CLASSES = 10
@@ -451,21 +450,10 @@ def save(fig: Figure, path: str) -> str:
   Returns:
     `path`.
   """
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      FigureCanvasAgg(fig)  # Agg renders PNGs with no display.
-      fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, facecolor="white")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with files.atomic_write(path, "wb") as f:
+    FigureCanvasAgg(fig)  # Agg renders PNGs with no display.
+    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, facecolor="white")
   return path
 
 

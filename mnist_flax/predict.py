@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from mnist_flax import cli, inference, user_inputs
+from mnist_flax import cli, files, inference, user_inputs
 from mnist_flax.errors import UsageError
 
 PROG = "python -m mnist_flax.predict"
@@ -34,14 +34,10 @@ SUBMISSION_FILE = "submission.csv"
 
 def write_text_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary file in the same folder, so it is whole or absent."""
-  tmp = f"{path}.tmp{os.getpid()}"
   try:
-    with open(tmp, "w", newline="") as f:
+    with files.atomic_write(path, "w", newline="") as f:
       f.write(text)
-    os.replace(tmp, path)
   except OSError as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
     raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
 
 
