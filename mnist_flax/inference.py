@@ -28,6 +28,8 @@ class Checkpoint:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with, from `<workdir>/config.json`."""
   path = os.path.join(workdir, validation.CONFIG_FILE)
+  if not workdir:
+    raise UsageError("--workdir is empty; give the folder of a run")
   if not os.path.isdir(workdir):
     raise UsageError(f"workdir {workdir} is not a folder")
   if not os.path.isfile(path):

@@ -44,7 +44,7 @@ def how_to_provide() -> str:
   """One sentence on providing the MNIST files offline."""
   return (
     f"put the four MNIST files ({', '.join(MNIST_FILES)}) in a folder and pass "
-    "--config.manual_dir=FOLDER or set MNIST_MANUAL_DIR=FOLDER"
+    "--config.manual_dir=FOLDER (--manual_dir=FOLDER to evaluate and report) or set MNIST_MANUAL_DIR=FOLDER"
   )
 
 

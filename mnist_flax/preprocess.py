@@ -1,5 +1,7 @@
 """Turns a picture of one handwritten digit into a 28x28 image laid out like an MNIST digit."""
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -185,9 +187,11 @@ def load_image(path: str) -> np.ndarray:
     OSError: The file is missing or not an image Pillow can read (or other errors from Pillow
       for damaged files).
   """
-  with Image.open(path) as image:
-    image.load()
-    image = ImageOps.exif_transpose(image)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # Over 89 megapixels: refused.
+    with Image.open(path) as image:
+      image.load()
+      image = ImageOps.exif_transpose(image)
   if image.mode.startswith("I;16"):
     return _wide_to_uint8(np.asarray(image), 65535.0)
   if image.mode in ("I", "F"):

@@ -18,6 +18,7 @@ _EXPECTED_HEADERS = "'pixel0,...,pixel783' (Kaggle test.csv) or 'label,pixel0,..
 _EXPECTED_ARRAY = (
   "expected uint8, integers in 0..255 or floats in [0, 1] of shape [N,28,28], [N,28,28,1] or one image [28,28]"
 )
+NPY_MAGIC = b"\x93NUMPY"
 _UNSIGNED_INT = re.compile(r"\s*[0-9]+\s*")
 
 
@@ -90,6 +91,13 @@ def read_npy(path: str) -> np.ndarray:
       are not those of images.
   """
   _check_file(path)
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(len(NPY_MAGIC))
+  except OSError as e:
+    raise InputError(f"{path}: cannot be read ({e.strerror or _one_line(e)})") from e
+  if magic != NPY_MAGIC and not magic.startswith(b"PK"):  # .npy, or an .npz (a zip) refused below.
+    raise InputError(f"{path}: not a .npy file (it does not start with NumPy's header); save arrays with np.save")
   try:
     loaded = np.load(path, allow_pickle=False)
   except MemoryError:

@@ -64,6 +64,7 @@ def test_reading_a_workdir_changes_nothing_in_it(tiny_run, tmp_path):
 
 def test_unusable_workdirs_are_one_line_errors(tiny_run, tmp_path):
   cases = {
+    "": "--workdir is empty",
     str(tmp_path / "missing"): "is not a folder",
     str(tmp_path): "config.json is missing",
   }

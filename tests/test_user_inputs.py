@@ -251,7 +251,13 @@ def _npz_named_npy(tmp_path):
 def _garbage(tmp_path):
   path = tmp_path / "garbage.npy"
   path.write_bytes(b"\x00\x01 this is not numpy \xff" * 10)
-  return str(path), ["not a readable .npy file"]
+  return str(path), ["not a .npy file", "np.save"]
+
+
+def _png_named_npy(tmp_path):
+  path = tmp_path / "digit.npy"
+  Image.new("L", (30, 30), 255).save(path, format="PNG")
+  return str(path), ["not a .npy file"]
 
 
 def _truncated_npy(tmp_path):
@@ -297,6 +303,7 @@ def _directory_npy(tmp_path):
     _npz,
     _npz_named_npy,
     _garbage,
+    _png_named_npy,
     _truncated_npy,
     _header_only_npy,
     _missing_npy,
@@ -321,6 +328,7 @@ def _directory_npy(tmp_path):
     "npz",
     "npz-named-npy",
     "garbage",
+    "png-named-npy",
     "truncated",
     "header-only",
     "missing",
@@ -566,3 +574,12 @@ def test_read_inputs_npz_is_read_as_array(tmp_path):
   with pytest.raises(InputError) as excinfo:
     user_inputs.read_inputs([path])
   assert_input_error(excinfo, path, ".npz archive")
+
+
+def test_read_image_refuses_a_decompression_bomb_in_one_line(tmp_path, monkeypatch):
+  path = tmp_path / "huge.png"
+  Image.new("L", (200, 200), 255).save(path)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # Pillow only warns between this and twice this.
+  with pytest.raises(InputError) as excinfo:
+    user_inputs.read_image(str(path))
+  assert_input_error(excinfo, str(path), "exceeds limit")
