@@ -10,6 +10,8 @@ from absl import app, flags, logging
 
 from mnist_flax.errors import UsageError
 
+INTERRUPTED_EXIT = 130  # The shell's code for a process ended by SIGINT.
+
 
 def one_line(e: BaseException) -> str:
   """An exception as one line of text."""
@@ -47,7 +49,10 @@ def run(main: Callable[[list[str]], None], prog: str) -> None:
     try:
       main(argv)
     except UsageError as e:
-      fail(prog, str(e))
+      fail(prog, one_line(e))
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough.
+      print(f"{prog}: interrupted", file=sys.stderr)
+      sys.exit(INTERRUPTED_EXIT)
 
   app.run(guarded, flags_parser=parse)
 
