@@ -1,6 +1,7 @@
 """Config checks that run before any work, each failing with a one-line `ConfigError`."""
 
 import json
+import math
 import os
 
 import jax
@@ -15,6 +16,8 @@ RESUMABLE_CHANGES = frozenset(
   {"num_epochs", "steps_per_dispatch", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
 )
 CONFIG_FILE = "config.json"
+# Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(UsageError):
@@ -28,6 +31,11 @@ def _require(ok: bool, message: str) -> None:
 
 def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  """A finite int or float (not a bool)."""
+  return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
@@ -45,28 +53,34 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
     f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
   )
-  _require(_is_int(config.seed), f"config.seed must be an integer, got {config.seed!r}")
+  _require(
+    _is_int(config.seed) and 0 <= config.seed <= MAX_SEED,
+    f"config.seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {config.seed!r}",
+  )
   lr = config.learning_rate
+  _require(_is_number(lr) and lr > 0, f"config.learning_rate must be a positive finite number, got {lr!r}")
   _require(
-    isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0 and lr == lr,
-    f"config.learning_rate must be a positive number, got {lr!r}",
+    _is_number(config.warmup_epochs) and config.warmup_epochs >= 0,
+    f"config.warmup_epochs must be a non-negative finite number, got {config.warmup_epochs!r}",
   )
   _require(
-    isinstance(config.warmup_epochs, int | float) and config.warmup_epochs >= 0,
-    f"config.warmup_epochs must be a non-negative number, got {config.warmup_epochs!r}",
-  )
-  _require(
-    0 <= config.final_learning_rate_factor <= 1,
+    _is_number(config.final_learning_rate_factor) and 0 <= config.final_learning_rate_factor <= 1,
     f"config.final_learning_rate_factor must be in [0, 1], got {config.final_learning_rate_factor!r}",
   )
   _require(
     _is_int(config.augment_max_shift) and 0 <= config.augment_max_shift < 14,
     f"config.augment_max_shift must be an integer in [0, 13], got {config.augment_max_shift!r}",
   )
-  train_size = input_pipeline.SPLIT_SIZES["train"]
+  train_size, test_size = input_pipeline.SPLIT_SIZES["train"], input_pipeline.SPLIT_SIZES["test"]
   _require(
     config.batch_size <= train_size,
     f"config.batch_size {config.batch_size} exceeds the {train_size} training images",
+  )
+  largest_eval_batch = -(-test_size // device_count) * device_count  # All test images in one batch.
+  _require(
+    config.eval_batch_size <= largest_eval_batch,
+    f"config.eval_batch_size {config.eval_batch_size} exceeds the {test_size} test images; "
+    f"use at most {largest_eval_batch}",
   )
   for name in ("batch_size", "eval_batch_size"):
     _require(

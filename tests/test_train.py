@@ -19,6 +19,13 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
   assert not np.array_equal(a, train.epoch_order(jax.random.PRNGKey(1), 3, 1000))
 
 
+def test_every_accepted_seed_has_its_own_keys():
+  from mnist_flax.validation import MAX_SEED
+
+  keys = {tuple(np.asarray(k).ravel()) for s in (0, 1, 2**31, MAX_SEED) for k in train.run_keys(s)}
+  assert len(keys) == 8
+
+
 def test_random_shift_translates_with_zero_fill():
   images = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
   np.testing.assert_array_equal(train.random_shift(jax.random.PRNGKey(1), images, 0), images)
@@ -112,6 +119,26 @@ def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path)
   tiny_config.learning_rate = 1e30
   with pytest.raises(train.Diverged, match="lower config.learning_rate"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_check_loss_stops_nan_infinite_and_exploded_losses():
+  train.check_loss(2.3, 10)
+  train.check_loss(train.EXPLODED_LOSS, 10)
+  for loss in (float("nan"), float("inf"), train.EXPLODED_LOSS * 1.01, 2.7e21):
+    with pytest.raises(train.Diverged, match="at step 10"):
+      train.check_loss(loss, 10)
+
+
+def test_a_finite_blow_up_stops_before_any_record_or_later_checkpoint(tiny_config, mock_data_dir, tmp_path):
+  tiny_config.data_dir = mock_data_dir
+  tiny_config.learning_rate = 1e10
+  workdir = tmp_path / "run"
+  with pytest.raises(train.Diverged, match="lower config.learning_rate") as e:
+    train.train_and_evaluate(tiny_config, str(workdir))
+  step = int(str(e.value).split(" at step ")[1].split()[0])
+  assert not (workdir / metric_writers.METRICS_FILE).exists()
+  saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert all(s < step for s in saved)
 
 
 def test_sums_are_float32_scalars():
