@@ -11,6 +11,7 @@ never interrupted, and ends with bit-for-bit the same parameters and metrics.
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import signal
 import threading
@@ -26,7 +27,9 @@ from absl import logging
 from mnist_flax import (
   checkpoints,
   evaluation,
+  files,
   input_pipeline,
+  locking,
   metric_writers,
   models,
   parallel,
@@ -48,7 +51,21 @@ class Interrupted(Exception):
 
 
 class Diverged(FloatingPointError):
-  """The training loss became NaN or infinite."""
+  """The training loss became NaN, infinite or exploded; no checkpoint was saved after that."""
+
+
+# A chunk's mean training loss above this (ten times the loss of guessing uniformly among the
+# classes, 23.0 for MNIST; an untrained network starts near 2.3) means training has blown up.
+EXPLODED_LOSS = 10 * math.log(models.NUM_CLASSES)
+
+
+def check_loss(loss: float, step: int) -> None:
+  """Raises `Diverged` if the mean training loss up to `step` is NaN, infinite or exploded."""
+  if not np.isfinite(loss) or loss > EXPLODED_LOSS:
+    raise Diverged(
+      f"the training loss is {loss:.4g} at step {step} (not finite or above {EXPLODED_LOSS:.1f}, ten times "
+      "the loss of guessing); lower config.learning_rate. The checkpoints before it are kept"
+    )
 
 
 def steps_per_dispatch(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str) -> int:
@@ -231,7 +248,14 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
     after = jax.device_get(sums)
     step = epoch * spe + first + n
     rate = throughput.update(n * c.batch_size)
-    run.writer.write_chunk(step, n, _chunk_scalars(before, after, n, first + n, run, step, rate))
+    scalars = _chunk_scalars(before, after, n, first + n, run, step, rate)
+    try:
+      check_loss(scalars["loss"], step)
+    except Diverged:
+      run.writer.close()
+      run.manager.close()
+      raise
+    run.writer.write_chunk(step, n, scalars)
     before = after
     # Several processes stop together through orbax's preemption sync; one process on its own signal.
     preempted = run.manager.reached_preemption(step) if jax.process_count() > 1 else stop.is_set()
@@ -255,10 +279,6 @@ def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_st
   """Evaluates `state` on the test set; returns the epoch's metrics.jsonl record and the evaluation."""
   spe = run.steps_per_epoch
   train = {k: float(v) / spe for k, v in jax.device_get(sums).items()}
-  if not np.isfinite(train["loss"]):
-    run.writer.close()
-    run.manager.close()
-    raise Diverged(f"the training loss is {train['loss']} at epoch {epoch + 1}; lower config.learning_rate")
   test = run.evaluator(state)
   step = (epoch + 1) * spe
   record = {
@@ -322,12 +342,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises:
     UsageError: the config, workdir or data is unusable; raised before anything is written.
     Interrupted: SIGTERM or SIGINT stopped the run after a checkpoint was saved.
-    Diverged: the training loss became NaN or infinite.
+    Diverged: the training loss became NaN or infinite, or exploded (see `check_loss`).
   """
   validation.validate_config(config)
   validation.check_workdir(config, workdir)
   data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
+  with locking.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    validation.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
+    return _train_and_evaluate(config, workdir, data)
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits) -> dict[str, Any]:
+  """`train_and_evaluate` once the config is checked, the data loaded and the workdir held."""
   mesh = parallel.create_mesh()
   is_main = jax.process_index() == 0
   spe = len(data["train"]["label"]) // config.batch_size
@@ -340,12 +366,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)
   item = init_train_item(config, spe, mesh)
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
-      f.write(config.to_json(indent=2))
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, item)
+  if is_main:  # Only once the run is known to start: a failed resume leaves the saved config as it was.
+    os.makedirs(workdir, exist_ok=True)
+    with files.atomic_write(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
+      f.write(config.to_json(indent=2))
   elapsed_before = 0.0
   if restored is not None:
     item, progress = restored

@@ -15,7 +15,7 @@ from tests.conftest import ROOT, run_main, tiny_flags
 BAD_INPUTS = {
   "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
   "negative epochs": (["--config.num_epochs=-1"], "config.num_epochs must be a positive integer"),
-  "zero learning rate": (["--config.learning_rate=0.0"], "config.learning_rate must be a positive number"),
+  "zero learning rate": (["--config.learning_rate=0.0"], "config.learning_rate must be a positive finite number"),
   "not a number": (["--config.batch_size=abc"], "--config.batch_size=abc"),
   "unknown key": (["--config.nonexistent=1"], "unknown config field 'nonexistent'"),
   "unknown nested key": (["--config.model.width=3"], "unknown config field 'width'"),
@@ -105,6 +105,10 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path
   while not (workdir / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
     time.sleep(0.1)
   assert proc.poll() is None, "the run ended before it could be stopped"
+  records_before = (workdir / "metrics.jsonl").read_text()
+  second = run_main(*args)  # The same workdir while the first run trains: refused at once, nothing touched.
+  assert_one_line_error(second, f"workdir {workdir} is in use by pid {proc.pid} on host ")
+  assert (workdir / "metrics.jsonl").read_text().startswith(records_before)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 1

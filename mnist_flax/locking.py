@@ -1,0 +1,67 @@
+"""One run per workdir: an advisory lock that the kernel releases when its process ends, even on kill -9."""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+
+from mnist_flax.errors import UsageError
+
+LOCK_FILE = "lock"
+
+
+class WorkdirBusy(UsageError):
+  """Another live process holds the workdir."""
+
+
+def _holder(fd: int) -> str:
+  """Who holds the lock, from what it wrote into the file: 'pid P on host H since T'."""
+  try:
+    os.lseek(fd, 0, os.SEEK_SET)
+    info = json.loads(os.read(fd, 4096).decode())
+    return f"pid {info['pid']} on host {info['host']} since {info['since']}"
+  except (OSError, ValueError, KeyError, TypeError):
+    return "another process"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
+  """Holds `<workdir>/lock` for the duration of the block; creates the workdir if needed.
+
+  The lock is `flock`-based: it is released by the kernel when the holding process ends,
+  however it ends, so a crashed run never blocks the next one. The file stays in place and
+  names the last holder.
+
+  Args:
+    workdir: The run folder.
+    enabled: False on processes other than the first of a multi-process run (they share it).
+
+  Raises:
+    WorkdirBusy: another live process holds the lock (the message names its pid and host).
+    UsageError: the workdir or its lock file cannot be created.
+  """
+  if not enabled:
+    yield
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as e:
+    raise UsageError(f"cannot create {path}: {e.strerror or e}") from e
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirBusy(
+        f"workdir {workdir} is in use by {_holder(fd)}; wait for that run to end or use another --workdir"
+      ) from None
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Closing releases the lock.
