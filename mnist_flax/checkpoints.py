@@ -1,13 +1,19 @@
 """Orbax checkpoints: the train pytree (state and running epoch metrics) plus JSON progress."""
 
+import datetime
 import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+
+from mnist_flax.errors import UsageError
 
 CHECKPOINT_DIR = "checkpoints"
+# Unreadable checkpoints are moved here (never deleted) when a newer readable one cannot be found.
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -78,3 +84,66 @@ def restore_latest(
     args=ocp.args.Composite(train=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
   )
   return restored["train"], restored["progress"]
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+  """An exception as one short line."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def move_aside(workdir: str, step: int) -> str:
+  """Moves `<workdir>/checkpoints/<step>` to `<workdir>/damaged_checkpoints/<step>-<time>`; returns the new path."""
+  folder = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
+  os.makedirs(folder, exist_ok=True)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+  destination = os.path.join(folder, f"{step}-{stamp}")
+  os.rename(os.path.join(checkpoint_dir(workdir), str(step)), destination)
+  return destination
+
+
+def restore_newest_readable(
+  manager: ocp.CheckpointManager, target: Any, workdir: str, move: bool = True
+) -> tuple[Any, dict[str, Any]] | None:
+  """Restores the newest checkpoint that can be read, setting aside newer damaged ones.
+
+  Every checkpoint newer than the one restored is unreadable (truncated or missing files,
+  damaged metadata or progress, no commit marker, ...): each is moved to
+  `<workdir>/damaged_checkpoints/` with a one-line warning saying why, so that the run
+  resumes from the restored step and saves anew after it.
+
+  Args:
+    manager: The checkpoint manager of `<workdir>/checkpoints`.
+    target: As for `restore_latest`.
+    workdir: The run folder.
+    move: Whether this process moves the damaged checkpoints (the first process of a run; not
+      a reader such as `evaluate`, which only skips them).
+
+  Returns:
+    `(train, progress)` of the newest readable checkpoint, or None when there is none at all.
+
+  Raises:
+    UsageError: there are checkpoints but none can be restored (nothing is moved then).
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      restored = restore_latest(manager, target, step)
+    except Exception as e:  # noqa: BLE001 - orbax reports damage with many exception types.
+      failures.append((step, _reason(e)))
+      continue
+    for bad_step, reason in failures:
+      done = f"moved it to {move_aside(workdir, bad_step)}" if move else "skipped it"
+      message = "The checkpoint at step %d is unreadable (%s); %s, using step %d."
+      absl_logging.warning(message, bad_step, reason, done, step)
+    if failures and move:
+      manager.reload()
+    return restored
+  if failures:
+    step, reason = failures[0]
+    raise UsageError(
+      f"none of the {len(steps)} checkpoints in {checkpoint_dir(workdir)} can be restored; the newest, step {step}: "
+      f"{reason}"
+    )
+  return None

@@ -70,7 +70,12 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     mesh = parallel.create_mesh()
     target = train.abstract_train_item(config, mesh)
     try:
-      item, _ = checkpoints.restore_latest(manager, target, step)
+      if step is None:  # The newest readable one, skipping damaged ones with a warning.
+        item, _ = checkpoints.restore_newest_readable(manager, target, workdir, move=False)
+      else:
+        item, _ = checkpoints.restore_latest(manager, target, step)
+    except UsageError:
+      raise
     except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged checkpoint.
       step_name = step if step is not None else manager.latest_step()
       raise UsageError(f"cannot restore the checkpoint {directory}/{step_name}: {str(e).splitlines()[0]}") from e

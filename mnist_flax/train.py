@@ -367,7 +367,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     print(models.summary(models.create_model(config.model)), flush=True)
   item = init_train_item(config, spe, mesh)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-  restored = checkpoints.restore_latest(manager, item)
+  restored = checkpoints.restore_newest_readable(manager, item, workdir, move=jax.process_index() == 0)
   if is_main:  # Only once the run is known to start: a failed resume leaves the saved config as it was.
     os.makedirs(workdir, exist_ok=True)
     with files.atomic_write(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:

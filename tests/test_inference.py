@@ -93,5 +93,7 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
   config = json.loads((other / "config.json").read_text())
   config["model"]["dense_features"] = [64]
   (other / "config.json").write_text(json.dumps(config))
-  with pytest.raises(UsageError, match="cannot restore the checkpoint"):
+  with pytest.raises(UsageError, match="none of the .* checkpoints .* can be restored"):
     inference.load_checkpoint(str(other))
+  with pytest.raises(UsageError, match="cannot restore the checkpoint"):
+    inference.load_checkpoint(str(other), inference.load_checkpoint(tiny_run).step)

@@ -114,6 +114,24 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
   assert scalars(resumed) == expected
 
 
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(tiny_config, mock_data_dir, tmp_path):
+  import shutil
+
+  tiny_config.data_dir = mock_data_dir
+  reference = tmp_path / "reference"
+  train.train_and_evaluate(tiny_config, str(reference))
+  damaged = tmp_path / "damaged"
+  shutil.copytree(reference, damaged)
+  last = max(int(d) for d in os.listdir(damaged / "checkpoints") if d.isdigit())
+  data = [os.path.join(d, f) for d, _, names in os.walk(damaged / "checkpoints" / str(last) / "train") for f in names]
+  with open(max(data, key=os.path.getsize), "r+b") as f:
+    f.truncate(10)
+
+  train.train_and_evaluate(tiny_config, str(damaged))
+  assert without_times(read_records(damaged)) == without_times(read_records(reference))
+  assert [d.split("-")[0] for d in os.listdir(damaged / "damaged_checkpoints")] == [str(last)]
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
   tiny_config.data_dir = mock_data_dir
   tiny_config.learning_rate = 1e30
