@@ -326,6 +326,19 @@ def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, wr
   logging.info("Plots: %s", ", ".join(sorted(written.values())))
 
 
+def _announce_new_length(config: ml_collections.ConfigDict, old_epochs: int, spe: int, step: int) -> None:
+  """Warns that a resumed run with another `num_epochs` follows a schedule redefined for the new length."""
+  old = config.copy_and_resolve_references()
+  old.num_epochs = old_epochs
+  before = float(train_state.create_schedule(old, spe)(step))
+  after = float(train_state.create_schedule(config, spe)(step))
+  logging.warning(
+    "num_epochs changed from %d to %d: the learning-rate schedule is redefined over %d epochs from step %d on "
+    "(the rate there goes from %.3g to %.3g), so the run differs from one started with num_epochs=%d.",
+    old_epochs, config.num_epochs, config.num_epochs, step, before, after, config.num_epochs,
+  )  # fmt: skip
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the config's CNN on MNIST, evaluating the full test set every epoch.
 
@@ -366,6 +379,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)
   item = init_train_item(config, spe, mesh)
+  saved = validation.saved_config(workdir)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   restored = checkpoints.restore_newest_readable(manager, item, workdir, move=jax.process_index() == 0)
   if is_main:  # Only once the run is known to start: a failed resume leaves the saved config as it was.
@@ -377,6 +391,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     item, progress = restored
     elapsed_before = float(progress.get("elapsed_s", 0.0))
     logging.info("Resumed from the checkpoint at step %d.", int(item["state"].step))
+    old_epochs = (saved or {}).get("num_epochs", config.num_epochs)
+    if isinstance(old_epochs, int) and old_epochs != config.num_epochs:
+      _announce_new_length(config, old_epochs, spe, int(item["state"].step))
   state, sums = item["state"], item["sums"]
   start_step = int(state.step)
   writer = metric_writers.create_default_writer(

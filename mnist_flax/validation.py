@@ -120,17 +120,30 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model does not fit 28x28 images: the conv blocks leave nothing for {empty[0]}")
 
 
+def saved_config(workdir: str) -> dict | None:
+  """The config a workdir's run was started with (`config.json` as a dict), or None for a new workdir.
+
+  Raises:
+    ConfigError: the file exists but is not a readable JSON object.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path} ({' '.join(str(e).split())}); use a new --workdir") from e
+  _require(isinstance(saved, dict), f"{path} is not a run config (a JSON object); use a new --workdir")
+  return saved
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir that is a file or holds a run whose config differs beyond resumable fields."""
   _require(not os.path.exists(workdir) or os.path.isdir(workdir), f"workdir {workdir} exists and is not a folder")
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  saved = saved_config(workdir)
+  if saved is None:
     return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"cannot read {path} ({e}); use a new --workdir") from e
   current = json.loads(config.to_json())
   differing = sorted(
     k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)

@@ -132,6 +132,18 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(tin
   assert [d.split("-")[0] for d in os.listdir(damaged / "damaged_checkpoints")] == [str(last)]
 
 
+def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, mock_data_dir, tmp_path, caplog):
+  tiny_config.data_dir = mock_data_dir
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.num_epochs = 2
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  (message,) = [r.getMessage() for r in caplog.records if "num_epochs changed" in r.getMessage()]
+  assert "from 1 to 2" in message and f"from step {MOCK_EXAMPLES // tiny_config.batch_size} on" in message
+  assert [r["epoch"] for r in read_records(tmp_path)] == [1, 2]
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
   tiny_config.data_dir = mock_data_dir
   tiny_config.learning_rate = 1e30

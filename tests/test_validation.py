@@ -99,3 +99,15 @@ def test_workdir_checks(config, tmp_path):
     validation.check_workdir(config, str(tmp_path))
   saved = json.loads((tmp_path / validation.CONFIG_FILE).read_text())
   assert saved["batch_size"] == 128
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [("[1, 2]", "is not a run config"), ("{cut", "cannot read"), (b"\xff\xfe{}", "cannot read")],
+)
+def test_a_damaged_config_json_is_one_line(config, tmp_path, content, message):
+  path = tmp_path / validation.CONFIG_FILE
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(ConfigError, match=message) as e:
+    validation.check_workdir(config, str(tmp_path))
+  assert "\n" not in str(e.value)
