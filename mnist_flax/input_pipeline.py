@@ -84,24 +84,36 @@ def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Sp
     DataError: the data is not prepared and cannot be downloaded or built.
   """
   path = cache_path(data_dir)
+  damage = None
   if os.path.exists(path):
-    return _read_cache(path)
-  splits = _load_with_tfds(resolve_data_dir(data_dir), manual_dir)
-  _write_cache(path, splits)
-  logging.info("Cached MNIST arrays in %s", path)
+    try:
+      return _read_cache(path)
+    except DataError as e:
+      damage = str(e)
+      logging.warning("%s; rebuilding it from tfds.", damage)
+  try:
+    splits = _load_with_tfds(resolve_data_dir(data_dir), manual_dir)
+  except DataError as e:
+    raise DataError(f"{damage}, and it cannot be rebuilt: {e}" if damage else str(e)) from e
+  try:
+    _write_cache(path, splits)
+    logging.info("Cached MNIST arrays in %s", path)
+  except OSError as e:  # A read-only data dir: train from tfds's dataset, uncached.
+    logging.warning("Could not cache the MNIST arrays in %s (%s); tfds will be read again next time.", path, e)
   return splits
 
 
 def _read_cache(path: str) -> Splits:
+  """The cached splits; `DataError` for a file that is damaged (truncated, corrupt, wrong arrays)."""
   try:
     with np.load(path) as f:
       splits = {s: {"image": f[f"{s}_image"], "label": f[f"{s}_label"]} for s in SPLIT_SIZES}
-  except (OSError, ValueError, KeyError) as e:
-    raise DataError(f"cannot read the MNIST cache {path} ({e}); delete it to rebuild") from e
+  except Exception as e:  # noqa: BLE001 - numpy and zipfile report damage with many types.
+    raise DataError(f"the MNIST cache {path} is unreadable ({' '.join(str(e).split()) or type(e).__name__})") from e
   for s in SPLIT_SIZES:
     images, labels = splits[s]["image"], splits[s]["label"]
     if images.shape[1:] != (28, 28, 1) or labels.shape != images.shape[:1] or images.dtype != np.uint8:
-      raise DataError(f"the MNIST cache {path} has unexpected shapes or types; delete it to rebuild")
+      raise DataError(f"the MNIST cache {path} has unexpected shapes or types")
   return splits
 
 

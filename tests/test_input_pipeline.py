@@ -62,13 +62,50 @@ def test_corrupted_file_fails_its_checksum(tmp_path):
   assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
 
 
-def test_unreadable_cache_is_reported(tmp_path):
+def _damage(path, how):
+  data = open(path, "rb").read()
+  if how == "truncated":
+    data = data[: len(data) // 2]
+  elif how == "empty":
+    data = b""
+  elif how == "corrupt":  # Flip bytes inside the compressed arrays: the zip CRC no longer matches.
+    middle = len(data) // 2
+    data = data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "corrupt"])
+def test_a_damaged_cache_is_rebuilt_from_tfds(mock_data_dir, tmp_path, how):
+  import shutil
+
+  import tensorflow_datasets as tfds
+
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(mock_data_dir, data_dir)
+  expected = input_pipeline.load_mnist(data_dir)
+  _damage(input_pipeline.cache_path(data_dir), how)
+  manual = tmp_path / "manual"  # tfds's dataset, as mocked, built "from" these files.
+  manual.mkdir()
+  for name in input_pipeline.MNIST_FILES:
+    (manual / name).write_bytes(b"")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    rebuilt = input_pipeline.load_mnist(data_dir, str(manual))
+  for split in ("train", "test"):
+    np.testing.assert_array_equal(rebuilt[split]["image"], expected[split]["image"])
+  np.testing.assert_array_equal(input_pipeline.load_mnist(data_dir)["test"]["label"], expected["test"]["label"])
+
+
+def test_a_damaged_cache_that_cannot_be_rebuilt_is_one_line(monkeypatch, tmp_path):
+  monkeypatch.setattr(input_pipeline, "_can_download", lambda: False)
   path = input_pipeline.cache_path(str(tmp_path))
   os.makedirs(os.path.dirname(path))
   with open(path, "wb") as f:
     f.write(b"garbage")
-  with pytest.raises(input_pipeline.DataError, match="delete it"):
+  with pytest.raises(input_pipeline.DataError, match="is unreadable .*, and it cannot be rebuilt") as e:
     input_pipeline.load_mnist(str(tmp_path))
+  assert "\n" not in str(e.value)
+  assert open(path, "rb").read() == b"garbage"  # Left as it was.
 
 
 def test_real_mnist_splits(real_data_dir):
@@ -77,3 +114,20 @@ def test_real_mnist_splits(real_data_dir):
   assert splits["test"]["image"].shape == (10_000, 28, 28, 1)
   assert splits["train"]["image"].max() == 255
   assert np.bincount(splits["test"]["label"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_an_unwritable_cache_only_warns(mock_data_dir, tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  def refuse(path, splits):
+    raise PermissionError(13, "Permission denied", path)
+
+  monkeypatch.setattr(input_pipeline, "_write_cache", refuse)
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  for name in input_pipeline.MNIST_FILES:
+    (manual / name).write_bytes(b"")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), str(manual))
+  assert splits["train"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)
+  assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
