@@ -90,12 +90,16 @@ def mock_data_dir(tmp_path_factory):
   import tensorflow_datasets as tfds
 
   data_dir = str(tmp_path_factory.mktemp("mock_tfds"))
-  manual = tmp_path_factory.mktemp("mock_manual")
-  for name in input_pipeline.MNIST_FILES:
-    (manual / name).write_bytes(b"")
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    input_pipeline.load_mnist(data_dir, str(manual))
+    input_pipeline.load_mnist(data_dir, mock_manual_dir(tmp_path_factory.mktemp("mock_manual")))
   return data_dir
+
+
+def mock_manual_dir(folder) -> str:
+  """`folder` with four empty MNIST file names: under `tfds.testing.mock_data` tfds builds its mock from them."""
+  for name in input_pipeline.MNIST_FILES:
+    (folder / name).write_bytes(b"")
+  return str(folder)
 
 
 def run_module(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import input_pipeline
-from tests.conftest import MOCK_EXAMPLES, ROOT
+from tests.conftest import MOCK_EXAMPLES, ROOT, mock_manual_dir
 
 
 def test_mock_data_loads_as_uint8_arrays_and_is_cached(mock_data_dir):
@@ -85,12 +85,9 @@ def test_a_damaged_cache_is_rebuilt_from_tfds(mock_data_dir, tmp_path, how):
   shutil.copytree(mock_data_dir, data_dir)
   expected = input_pipeline.load_mnist(data_dir)
   _damage(input_pipeline.cache_path(data_dir), how)
-  manual = tmp_path / "manual"  # tfds's dataset, as mocked, built "from" these files.
-  manual.mkdir()
-  for name in input_pipeline.MNIST_FILES:
-    (manual / name).write_bytes(b"")
+  (tmp_path / "manual").mkdir()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    rebuilt = input_pipeline.load_mnist(data_dir, str(manual))
+    rebuilt = input_pipeline.load_mnist(data_dir, mock_manual_dir(tmp_path / "manual"))
   for split in ("train", "test"):
     np.testing.assert_array_equal(rebuilt[split]["image"], expected[split]["image"])
   np.testing.assert_array_equal(input_pipeline.load_mnist(data_dir)["test"]["label"], expected["test"]["label"])
@@ -123,11 +120,8 @@ def test_an_unwritable_cache_only_warns(mock_data_dir, tmp_path, monkeypatch):
     raise PermissionError(13, "Permission denied", path)
 
   monkeypatch.setattr(input_pipeline, "_write_cache", refuse)
-  manual = tmp_path / "manual"
-  manual.mkdir()
-  for name in input_pipeline.MNIST_FILES:
-    (manual / name).write_bytes(b"")
+  (tmp_path / "manual").mkdir()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), str(manual))
+    splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
   assert splits["train"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)
   assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
