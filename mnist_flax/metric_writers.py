@@ -107,15 +107,28 @@ class MultiWriter(MetricWriter):
 
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
-  """The complete records of `<workdir>/metrics.jsonl` (a line cut short by a crash is skipped)."""
+  """The complete records of `<workdir>/metrics.jsonl`.
+
+  A line that is not a JSON object with an integer `step` (cut short by a crash, damaged, not
+  UTF-8) is skipped with a warning; a resumed run rewrites the file without it.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      with contextlib.suppress(ValueError):
-        out.append(json.loads(line))
+  out, skipped = [], []
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      try:
+        record = json.loads(raw.decode("utf-8"))
+      except ValueError:  # UnicodeDecodeError is a ValueError too.
+        record = None
+      step = record.get("step") if isinstance(record, dict) else None
+      if isinstance(step, int) and not isinstance(step, bool):
+        out.append(record)
+      elif raw.strip():
+        skipped.append(number)
+  if skipped:
+    logging.warning("Skipped %d unreadable line(s) of %s (line %s).", len(skipped), path, ", ".join(map(str, skipped)))
   return out
 
 

@@ -48,6 +48,20 @@ def test_jsonl_drops_records_after_a_step_and_cut_lines(tmp_path):
   assert log.records()[1]["x"] == 20.1
 
 
+@pytest.mark.parametrize(
+  "line", [b"\xff\xfe not utf-8\n", b"[1, 2]\n", b'{"step": "ten"}\n', b'{"step": true}\n', b"{}\n"]
+)
+def test_damaged_lines_are_skipped_with_a_warning(tmp_path, caplog, line):
+  log = metric_writers.JsonlWriter(str(tmp_path))
+  log.write_record({"step": 10})
+  with open(log.path, "ab") as f:
+    f.write(line)
+  log.write_record({"step": 20})
+  with caplog.at_level("WARNING"):
+    assert [r["step"] for r in log.records()] == [10, 20]
+  assert "Skipped 1 unreadable line(s)" in caplog.text and "(line 2)" in caplog.text
+
+
 def test_tensorboard_holds_every_record_field_and_the_chunks(tmp_path):
   writer = metric_writers.TensorBoardWriter(str(tmp_path))
   for step in (5, 10):
