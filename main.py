@@ -60,8 +60,13 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = load_config()
+  if _WORKDIR.value == "":
+    _fail("--workdir is empty; give a folder, or leave the flag out for workdirs/<config name>")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      _fail(f"--distributed: jax.distributed.initialize() failed: {cli.one_line(e)}")
   workdir = _WORKDIR.value or default_workdir()
   try:
     train.train_and_evaluate(config, workdir)

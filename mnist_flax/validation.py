@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mnist_flax import input_pipeline, models
+from mnist_flax import checkpoints, input_pipeline, locking, metric_writers, models
 from mnist_flax.errors import UsageError
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
@@ -88,6 +88,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
       f"config.{name} {config[name]} is not divisible by the {device_count} devices; use a multiple of {device_count}",
     )
   _validate_model(config.model)
+  _require(
+    not config.data_dir or not os.path.exists(config.data_dir) or os.path.isdir(config.data_dir),
+    f"config.data_dir {config.data_dir} is not a folder",
+  )
   if config.manual_dir:
     try:
       input_pipeline.check_manual_dir(config.manual_dir)
@@ -138,9 +142,20 @@ def saved_config(workdir: str) -> dict | None:
   return saved
 
 
+# What a workdir holds: folders and files. Anything of the other kind in their place is refused.
+WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, metric_writers.TENSORBOARD_DIR, "plots")  # train.PLOTS_DIR
+WORKDIR_FILES = (CONFIG_FILE, metric_writers.METRICS_FILE, locking.LOCK_FILE)
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir that is a file or holds a run whose config differs beyond resumable fields."""
+  """Refuses a workdir that is a file, has files and folders swapped, or holds a run of another config."""
   _require(not os.path.exists(workdir) or os.path.isdir(workdir), f"workdir {workdir} exists and is not a folder")
+  for name in WORKDIR_FOLDERS:
+    path = os.path.join(workdir, name)
+    _require(not os.path.exists(path) or os.path.isdir(path), f"{path} should be a folder but is a file")
+  for name in WORKDIR_FILES:
+    path = os.path.join(workdir, name)
+    _require(not os.path.isdir(path), f"{path} should be a file but is a folder")
   saved = saved_config(workdir)
   if saved is None:
     return

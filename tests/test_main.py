@@ -21,6 +21,11 @@ BAD_INPUTS = {
   "unknown nested key": (["--config.model.width=3"], "unknown config field 'width'"),
   "missing config file": (["--config=configs/missing.py"], "config file configs/missing.py does not exist"),
   "stray argument": (["train"], "unexpected arguments: train"),
+  "infinite learning rate": (["--config.learning_rate=inf"], "config.learning_rate must be a positive finite number"),
+  "seed beyond 2**63": (["--config.seed=9223372036854775808"], "config.seed must be an integer in [0, 4294967295]"),
+  "eval batch of 1e9": (["--config.eval_batch_size=1000000000"], "exceeds the 10000 test images"),
+  "data dir is a file": ([f"--config.data_dir={os.path.join(ROOT, 'README.md')}"], "README.md is not a folder"),
+  "distributed without a coordinator": (["--distributed"], "--distributed: jax.distributed.initialize() failed"),
 }
 
 
@@ -34,6 +39,10 @@ def test_bad_input_stops_in_one_line_before_writing_anything(case, tmp_path):
   workdir = tmp_path / "run"
   assert_one_line_error(run_main(*args, f"--workdir={workdir}"), message)
   assert not workdir.exists()
+
+
+def test_an_empty_workdir_flag_is_refused():
+  assert_one_line_error(run_main("--workdir="), "--workdir is empty")
 
 
 def test_bad_input_leaves_an_existing_run_untouched(tmp_path):

@@ -111,3 +111,25 @@ def test_a_damaged_config_json_is_one_line(config, tmp_path, content, message):
   with pytest.raises(ConfigError, match=message) as e:
     validation.check_workdir(config, str(tmp_path))
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", [*validation.WORKDIR_FOLDERS, *validation.WORKDIR_FILES])
+def test_files_and_folders_swapped_in_a_workdir_are_refused(config, tmp_path, name):
+  from mnist_flax import train
+
+  assert train.PLOTS_DIR in validation.WORKDIR_FOLDERS
+  if name in validation.WORKDIR_FOLDERS:
+    (tmp_path / name).write_text("x")
+    message = "should be a folder but is a file"
+  else:
+    (tmp_path / name).mkdir()
+    message = "should be a file but is a folder"
+  with pytest.raises(ConfigError, match=message):
+    validation.check_workdir(config, str(tmp_path))
+
+
+def test_a_data_dir_that_is_a_file_is_refused(config, tmp_path):
+  (tmp_path / "file").write_text("x")
+  config.data_dir = str(tmp_path / "file")
+  with pytest.raises(ConfigError, match="config.data_dir .* is not a folder"):
+    validation.validate_config(config)
