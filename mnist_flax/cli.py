@@ -15,9 +15,14 @@ INTERRUPTED_EXIT = 130  # The shell's code for a process ended by SIGINT.
 
 def one_line(e: BaseException) -> str:
   """An exception as one line of text."""
-  if isinstance(e, KeyError | AttributeError):  # ml_collections' report of an unknown field.
-    name = str(e).strip("\"'")
-    return f"unknown config field {name!r}; the config file lists the valid fields"
+  while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    e = e.args[0]  # ml_collections wraps its KeyError for an unknown field in an AttributeError.
+  if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):  # "'name'\nDid you mean ...?"
+    name, _, hint = e.args[0].partition("\n")
+    hint = hint.strip() or "the config file lists the valid fields"
+    return f"unknown config field {name.strip(chr(39))!r}; {hint}"
+  if isinstance(e, AttributeError) and "get_config" in str(e):
+    return "the config file has no get_config() function returning an ml_collections.ConfigDict"
   return " ".join(str(e).split()) or type(e).__name__
 
 

@@ -92,8 +92,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     not config.data_dir or not os.path.exists(config.data_dir) or os.path.isdir(config.data_dir),
     f"config.data_dir {config.data_dir} is not a folder",
   )
-  if config.manual_dir:
-    try:
+  if config.manual_dir and not os.path.exists(input_pipeline.cache_path(config.data_dir or None)):
+    try:  # Only needed until the data is prepared: a stale setting does not block later runs.
       input_pipeline.check_manual_dir(config.manual_dir)
     except input_pipeline.DataError as e:
       raise ConfigError(f"config.{e}") from e
@@ -113,6 +113,17 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
     _require(_is_int(c[name]) and c[name] > 0, f"config.model.{name} must be a positive integer, got {c[name]!r}")
   _require(c.padding in ("VALID", "SAME"), f"config.model.padding must be 'VALID' or 'SAME', got {c.padding!r}")
   _require(0 <= c.dropout_rate < 1, f"config.model.dropout_rate must be in [0, 1), got {c.dropout_rate!r}")
+  side = models.IMAGE_SHAPE[0]
+  for block in range(len(c.features)):  # Each block: convs_per_block convolutions, then a 2x2 max-pool.
+    if c.padding == "VALID":
+      side -= c.convs_per_block * (c.kernel_size - 1)
+    _require(
+      side >= 2,
+      f"config.model does not fit 28x28 images: block {block + 1} of {len(c.features)} gets "
+      f"{max(side, 0)}x{max(side, 0)} pixels before pooling; use a smaller kernel_size, fewer features, "
+      "fewer convs_per_block or padding='SAME'",
+    )
+    side //= 2
   model = models.create_model(c)
   images = jax.ShapeDtypeStruct((1, *models.IMAGE_SHAPE), jnp.float32)
   try:

@@ -54,6 +54,8 @@ def test_bad_values_are_refused_in_one_line(config, field, value, message):
     ("dropout_rate", 1.0, "dropout_rate must be in"),
     ("kernel_size", 0, "kernel_size must be a positive integer"),
     ("features", (8, 8, 8, 8, 8), "does not fit 28x28 images"),
+    ("kernel_size", 15, "block 2 of 2 gets 0x0 pixels before pooling"),
+    ("kernel_size", 29, "block 1 of 2 gets 0x0 pixels before pooling"),
   ],
 )
 def test_bad_model_configs_are_refused(config, field, value, message):
@@ -75,12 +77,19 @@ def test_batch_size_must_divide_across_devices(config):
 
 
 def test_manual_dir_must_hold_the_four_files(config, tmp_path):
+  config.data_dir = str(tmp_path / "tfds")
   config.manual_dir = str(tmp_path / "absent")
   with pytest.raises(ConfigError, match="is not a folder"):
     validation.validate_config(config)
   config.manual_dir = str(tmp_path)
   with pytest.raises(ConfigError, match="MNIST_MANUAL_DIR"):
     validation.validate_config(config)
+
+
+def test_a_stale_manual_dir_does_not_block_prepared_data(config, mock_data_dir, tmp_path):
+  config.data_dir = mock_data_dir
+  config.manual_dir = str(tmp_path / "long gone")
+  validation.validate_config(config)
 
 
 def test_workdir_checks(config, tmp_path):
