@@ -4,9 +4,13 @@ Flags:
   --config: a config file with `get_config()`; fields overridable as `--config.FIELD=VALUE`.
   --workdir: checkpoints, metrics.jsonl and config.json (default: workdirs/<config name>).
   --distributed: call `jax.distributed.initialize()` first (multi-host runs).
+
+Exit codes: 0 when training is complete; 1 for bad input or a diverged run (one line on stderr);
+143 or 130 after SIGTERM or Ctrl-C stopped the run with a checkpoint saved (rerun to resume).
 """
 
 import os
+import sys
 
 import jax
 from absl import flags
@@ -70,7 +74,10 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or default_workdir()
   try:
     train.train_and_evaluate(config, workdir)
-  except (train.Interrupted, train.Diverged) as e:
+  except train.Interrupted as e:  # A requested stop, not an error: the shell's code for the signal.
+    print(f"{PROG}: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except train.Diverged as e:
     raise UsageError(str(e)) from e
 
 

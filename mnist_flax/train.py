@@ -47,7 +47,11 @@ SUM_KEYS = ("loss", "accuracy", "grad_norm")
 
 
 class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint."""
+  """Training stopped on a signal after saving a checkpoint; `signum` is the signal (SIGTERM or SIGINT)."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = int(signum)
 
 
 class Diverged(FloatingPointError):
@@ -164,6 +168,7 @@ def stop_requests():
     if event.is_set():  # A second signal stops at once.
       raise KeyboardInterrupt
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    event.signum = signum  # For the exit code, 128 + signum as shells report it.
     event.set()
 
   previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -174,11 +179,12 @@ def stop_requests():
       signal.signal(s, h)
 
 
-def _stop(manager, step: int) -> None:
+def _stop(manager, step: int, stop: threading.Event) -> None:
   """Finishes the checkpoint just started and ends the run with `Interrupted`."""
   manager.wait_until_finished()
   manager.close()
-  raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume")
+  signum = getattr(stop, "signum", signal.SIGTERM)  # Another process's preemption: as SIGTERM.
+  raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume", signum)
 
 
 @dataclasses.dataclass
@@ -265,7 +271,7 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
         run.save(step, state, sums)
       if preempted:
         run.writer.close()
-        _stop(run.manager, step)
+        _stop(run.manager, step, stop)
   return state, sums, due, preempted
 
 
@@ -436,7 +442,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
         run.save(step, state, sums)
       if preempted and step < total_steps:
         writer.close()
-        _stop(manager, step)
+        _stop(manager, step, stop)
   if is_main:
     _finish(workdir, data, test, total_steps, writer)
   writer.close()
