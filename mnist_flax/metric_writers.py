@@ -158,23 +158,17 @@ class JsonlWriter(MetricWriter):
 
 
 class LogWriter(MetricWriter):
-  """One absl INFO line per evaluation record."""
+  """One plain line per evaluation record on stdout, like Keras's (the log keeps absl's prefixed lines)."""
 
   def __init__(self, num_epochs: int):
     self.num_epochs = num_epochs
 
   def write_record(self, r: Record) -> None:  # noqa: D102
-    logging.info(
-      "epoch %d/%d step %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s (%.1f s total)",
-      r["epoch"],
-      self.num_epochs,
-      r["step"],
-      r["train_loss"],
-      100 * r["train_accuracy"],
-      r["test_loss"],
-      100 * r["test_accuracy"],
-      r["epoch_s"],
-      r["elapsed_s"],
+    print(
+      f"epoch {r['epoch']}/{self.num_epochs} step {r['step']}: train loss {r['train_loss']:.4f} "
+      f"acc {100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:.2f}% | "
+      f"{r['epoch_s']:.1f} s ({r['elapsed_s']:.1f} s total)",
+      flush=True,
     )
 
 

@@ -164,13 +164,10 @@ def test_progress_bar_shows_running_loss_accuracy_and_speed(tmp_path, capsys):
   assert bar._bar is None  # noqa: SLF001
 
 
-def test_log_line_reads_like_the_readme(caplog):
-  import logging
-
-  with caplog.at_level(logging.INFO):
-    metric_writers.LogWriter(num_epochs=15).write_record(record(20))
-  assert "epoch 2/15 step 20: train loss 0.0500 acc 50.00% | test loss 0.1000 acc 25.00% | 1.5 s (30.0 s total)" in (
-    caplog.text
+def test_log_line_reads_like_the_readme(capsys):
+  metric_writers.LogWriter(num_epochs=15).write_record(record(20))
+  assert capsys.readouterr().out == (
+    "epoch 2/15 step 20: train loss 0.0500 acc 50.00% | test loss 0.1000 acc 25.00% | 1.5 s (30.0 s total)\n"
   )
 
 
