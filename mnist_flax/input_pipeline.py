@@ -6,7 +6,9 @@ one `.npz` file in `<data_dir>/mnist/`. Later loads read that file with numpy
 alone, so training starts without importing TensorFlow or tfds.
 """
 
+import contextlib
 import glob
+import logging as std_logging
 import os
 import socket
 
@@ -141,13 +143,35 @@ def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
   elif not _tfds_prepared(data_dir) and not _can_download():
     raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
 
-  # Deferred: only needed until the cache exists.
-  import tensorflow_datasets as tfds
+  logging.info("Reading MNIST with tfds from %s (once: the arrays are then cached)", data_dir)
+  with _quiet_tfds():
+    return _read_with_tfds(data_dir, manual_dir)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Keeps tfds's progress bars, per-file INFO lines and TensorFlow's start-up notices off the terminal."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+  handler = logging.get_absl_handler()
+  handler.addFilter(keep)
+  try:
+    yield
+  finally:
+    handler.removeFilter(keep)
+
+
+def _read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
+  """Both splits through tfds, preparing the dataset first if needed."""
+  import tensorflow_datasets as tfds  # Deferred: only needed until the cache exists.
   from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
+  tfds.disable_progress_bar()
   builder = tfds.builder("mnist", data_dir=data_dir)
   if not builder.is_prepared():
-    logging.info("Preparing tfds mnist in %s", data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       builder.download_and_prepare(download_config=download_config)
