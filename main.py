@@ -16,7 +16,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import cli, train
+from mnist_flax import checkpoints, cli, train
 from mnist_flax.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,6 +79,12 @@ def main(argv: list[str]) -> None:
     sys.exit(128 + e.signum)
   except train.Diverged as e:
     raise UsageError(str(e)) from e
+  except checkpoints.WriteError as e:
+    # Orbax's background save threads can hold a process for minutes after a failed write;
+    # everything of value is already on disk (records are synced, the lock dies with the process).
+    print(f"{PROG}: error: {cli.one_line(e)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Orbax checkpoints: the train pytree (state and running epoch metrics) plus JSON progress."""
 
+import contextlib
 import datetime
 import logging
 import os
@@ -49,13 +50,51 @@ def open_read_only(workdir: str) -> ocp.CheckpointManager:
     absl_logger.removeFilter(_not_read_only_notice)
 
 
-def save(manager: ocp.CheckpointManager, step: int, train: Any, progress: dict[str, Any]) -> None:
-  """Starts an asynchronous save of `train` (arrays) and `progress` (JSON) at `step`."""
-  manager.save(
-    step,
-    args=ocp.args.Composite(train=ocp.args.StandardSave(train), progress=ocp.args.JsonSave(progress)),
-    force=True,
+class WriteError(UsageError):
+  """A checkpoint could not be written (disk full, read-only or unwritable folder)."""
+
+
+def _write_error(manager: ocp.CheckpointManager, e: Exception) -> WriteError:
+  text = " ".join(str(e).split())
+  reason = next(
+    (r for r in ("No space left on device", "Permission denied", "Read-only file system") if r in text),
+    getattr(e, "strerror", None) or _reason(e),
   )
+  return WriteError(
+    f"cannot write a checkpoint in {manager.directory}: {reason}; the earlier checkpoints and records are kept, "
+    "rerun the same command once it can be written"
+  )
+
+
+def save(manager: ocp.CheckpointManager, step: int, train: Any, progress: dict[str, Any]) -> None:
+  """Starts an asynchronous save of `train` (arrays) and `progress` (JSON) at `step`.
+
+  Raises:
+    WriteError: this save, or the previous asynchronous one, failed to write.
+  """
+  try:
+    manager.save(
+      step,
+      args=ocp.args.Composite(train=ocp.args.StandardSave(train), progress=ocp.args.JsonSave(progress)),
+      force=True,
+    )
+  except Exception as e:  # noqa: BLE001 - orbax reports write failures with many types.
+    raise _write_error(manager, e) from e
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the last asynchronous save and closes the manager.
+
+  Raises:
+    WriteError: the last save failed to write.
+  """
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - as in `save`.
+    with contextlib.suppress(Exception):  # Closing reports the same failure again.
+      manager.close()
+    raise _write_error(manager, e) from e
+  manager.close()
 
 
 def restore_latest(

@@ -31,11 +31,19 @@ def fail(prog: str, message: str) -> NoReturn:
   sys.exit(f"{prog}: error: {message}")
 
 
+def _keep(record: std_logging.LogRecord) -> bool:
+  """Orbax's warnings, not its per-save INFO lines nor the tracebacks of its background threads.
+
+  A failed save surfaces again in the loop, which reports it in one line.
+  """
+  if "/orbax/" not in record.pathname.replace(os.sep, "/"):
+    return True
+  return record.levelno >= std_logging.WARNING and not record.exc_info
+
+
 def quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the log; its warnings and errors still show."""
-  logging.get_absl_handler().addFilter(
-    lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname.replace(os.sep, "/")
-  )
+  """Keeps orbax's per-save INFO lines and background tracebacks out of the log; its warnings still show."""
+  logging.get_absl_handler().addFilter(_keep)
   # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 

@@ -181,8 +181,7 @@ def stop_requests():
 
 def _stop(manager, step: int, stop: threading.Event) -> None:
   """Finishes the checkpoint just started and ends the run with `Interrupted`."""
-  manager.wait_until_finished()
-  manager.close()
+  checkpoints.finish(manager)
   signum = getattr(stop, "signum", signal.SIGTERM)  # Another process's preemption: as SIGTERM.
   raise Interrupted(f"stopped at step {step} with a checkpoint saved; rerun the same command to resume", signum)
 
@@ -368,7 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
   with locking.workdir_lock(workdir, enabled=jax.process_index() == 0):
     validation.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
-    return _train_and_evaluate(config, workdir, data)
+    try:
+      return _train_and_evaluate(config, workdir, data)
+    except OSError as e:  # Records, events or plots could not be written: disk full, read-only, ...
+      where = e.filename or workdir
+      raise checkpoints.WriteError(
+        f"cannot write {where}: {e.strerror or e}; the checkpoints before it are kept, rerun once it can be written"
+      ) from e
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits) -> dict[str, Any]:
@@ -446,6 +451,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
   if is_main:
     _finish(workdir, data, test, total_steps, writer)
   writer.close()
-  manager.wait_until_finished()
-  manager.close()
+  checkpoints.finish(manager)
   return record

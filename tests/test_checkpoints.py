@@ -112,3 +112,26 @@ def test_with_no_readable_checkpoint_nothing_is_moved(config, tmp_path):
   assert "\n" not in str(e.value)
   assert not (tmp_path / checkpoints.DAMAGED_DIR).exists()
   assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+  "error, reason",
+  [
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "x": No space left on device [os_error_code=28]'), "No space"),
+    (PermissionError(13, "Permission denied"), "Permission denied"),
+  ],
+)
+def test_a_failed_write_is_one_line_naming_the_folder(config, tmp_path, monkeypatch, error, reason):
+  manager = checkpoints.create_manager(str(tmp_path), max_to_keep=2)
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(manager, "save", fail)
+  item = {"state": create_train_state(config, jax.random.PRNGKey(0))}
+  with pytest.raises(checkpoints.WriteError, match=f"cannot write a checkpoint in .*: {reason}") as e:
+    checkpoints.save(manager, 1, item, {})
+  assert "\n" not in str(e.value)
+  monkeypatch.setattr(manager, "wait_until_finished", fail)
+  with pytest.raises(checkpoints.WriteError, match=reason):
+    checkpoints.finish(manager)
