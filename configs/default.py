@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per host-to-device dispatch; 0 picks the backend's default
   # (about 16 unrolled steps on CPU, a rolled scan over the whole epoch on GPU/TPU).
   config.steps_per_dispatch = 0
+  # How a chunk's steps are compiled: "unrolled" (XLA:CPU is fastest so), "rolled" (a lax.scan
+  # loop, compiled once whatever its length: the GPU/TPU path) or "auto" (unrolled on CPU only).
+  config.scan = "auto"
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
 

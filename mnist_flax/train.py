@@ -87,6 +87,11 @@ def steps_per_dispatch(config: ml_collections.ConfigDict, steps_per_epoch: int, 
   return min(best, steps_per_epoch)
 
 
+def unrolled(config: ml_collections.ConfigDict, backend: str) -> bool:
+  """Whether chunks are compiled unrolled: `config.scan`, where "auto" means on CPU only."""
+  return config.scan == "unrolled" or (config.scan == "auto" and backend == "cpu")
+
+
 def epoch_order(data_rng: jax.Array, epoch: int, num_examples: int) -> jax.Array:
   """The permutation of the training set for `epoch`, a function of (key, epoch) only."""
   return jax.random.permutation(jax.random.fold_in(data_rng, epoch), num_examples)
@@ -215,7 +220,7 @@ class _Run:
   def chunk_fn(self, n: int):
     """The compiled chunk of `n` steps (one per distinct chunk length)."""
     if n not in self.chunk_fns:
-      unroll = jax.default_backend() == "cpu"
+      unroll = unrolled(self.config, jax.default_backend())
       c = self.config
       self.chunk_fns[n] = make_train_chunk(n, c.batch_size, c.augment_max_shift, unroll, self.mesh)
     return self.chunk_fns[n]

@@ -13,9 +13,10 @@ from mnist_flax.errors import UsageError
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
-  {"num_epochs", "steps_per_dispatch", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
+  {"num_epochs", "steps_per_dispatch", "scan", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
 )
 CONFIG_FILE = "config.json"
+SCAN_MODES = ("auto", "unrolled", "rolled")
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
 
@@ -52,6 +53,9 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
   _require(
     _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
     f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
+  )
+  _require(
+    config.scan in SCAN_MODES, f"config.scan must be one of {', '.join(map(repr, SCAN_MODES))}, got {config.scan!r}"
   )
   _require(
     _is_int(config.seed) and 0 <= config.seed <= MAX_SEED,

@@ -144,6 +144,37 @@ def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, 
   assert [r["epoch"] for r in read_records(tmp_path)] == [1, 2]
 
 
+def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(tiny_config, mock_data_dir, tmp_path, monkeypatch):
+  tiny_config.data_dir = mock_data_dir
+  tiny_config.scan = "rolled"
+  tiny_config.steps_per_dispatch = MOCK_EXAMPLES // tiny_config.batch_size  # The whole epoch, as on GPU/TPU.
+  made, real = [], train.make_train_chunk
+
+  def spy(*args):
+    made.append((args, real(*args)))
+    return made[-1][1]
+
+  monkeypatch.setattr(train, "make_train_chunk", spy)
+  rolled = train.train_and_evaluate(tiny_config, str(tmp_path / "rolled"))
+  ((args, fn),) = made
+  assert args[0] == tiny_config.steps_per_dispatch and args[3] is False  # One rolled scan over the epoch.
+  assert fn._cache_size() == 1  # noqa: SLF001 - compiled once for both epochs.
+
+  tiny_config.scan = "unrolled"
+  unrolled = train.train_and_evaluate(tiny_config, str(tmp_path / "unrolled"))
+  assert made[-1][0][3] is True
+  assert rolled["train_loss"] == pytest.approx(unrolled["train_loss"], rel=1e-4)
+  assert rolled["test_loss"] == pytest.approx(unrolled["test_loss"], rel=1e-4)
+
+
+def test_scan_modes(config):
+  assert train.unrolled(config, "cpu") and not train.unrolled(config, "gpu") and not train.unrolled(config, "tpu")
+  config.scan = "rolled"
+  assert not train.unrolled(config, "cpu")
+  config.scan = "unrolled"
+  assert train.unrolled(config, "tpu")
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
   tiny_config.data_dir = mock_data_dir
   tiny_config.learning_rate = 1e30

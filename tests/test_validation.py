@@ -36,6 +36,7 @@ def test_shipped_configs_are_valid(config, seed_config):
     ("warmup_epochs", -1.0, "warmup_epochs must be a non-negative finite number"),
     ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
     ("augment_max_shift", 14, "augment_max_shift must be an integer"),
+    ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
   ],
 )
 def test_bad_values_are_refused_in_one_line(config, field, value, message):
