@@ -10,7 +10,23 @@ Exit codes: 0 when training is complete; 1 for bad input or a diverged run (one 
 """
 
 import os
+import signal
 import sys
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+  """Ctrl-C before the loop installs its own handler (which saves a checkpoint first): one line, exit 130.
+
+  Nothing of value is unwritten then (files are replaced whole, the lock dies with the process).
+  """
+  del signum, frame
+  sys.stderr.write(f"{PROG}: interrupted\n")
+  os._exit(130)  # Unwinding past XLA's running threads has crashed the interpreter (SIGSEGV) before now.
+
+
+PROG = "main.py"
+if __name__ == "__main__":
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import jax
 from absl import flags
@@ -20,7 +36,6 @@ from mnist_flax import checkpoints, cli, train
 from mnist_flax.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROG = "main.py"
 
 
 def _fail(message: str) -> None:

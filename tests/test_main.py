@@ -134,3 +134,19 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path
   assert f"Resumed from the checkpoint at step {stopped_at}" in result.stderr
   epochs = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert epochs == list(range(1, 201))
+
+
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={tmp_path / 'run'}"],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  time.sleep(0.5)  # Still importing jax and flax.
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130
+  assert stderr.strip() == "main.py: interrupted"
+  assert not (tmp_path / "run").exists()
