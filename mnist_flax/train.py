@@ -381,6 +381,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ) from e
 
 
+def _resume(config: ml_collections.ConfigDict, workdir: str, spe: int, mesh: jax.sharding.Mesh, is_main: bool):
+  """The checkpoint manager, the train item (restored, or fresh) and the seconds trained before.
+
+  `config.json` is written only once the restore has succeeded, so a failed resume leaves it as it was.
+  """
+  item = init_train_item(config, spe, mesh)
+  saved = validation.saved_config(workdir)
+  manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+  restored = checkpoints.restore_newest_readable(manager, item, workdir, move=is_main)
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with files.atomic_write(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
+      f.write(config.to_json(indent=2))
+  if restored is None:
+    return manager, item, 0.0
+  item, progress = restored
+  step = int(item["state"].step)
+  logging.info("Resumed from the checkpoint at step %d.", step)
+  old_epochs = (saved or {}).get("num_epochs", config.num_epochs)
+  if isinstance(old_epochs, int) and old_epochs != config.num_epochs:
+    _announce_new_length(config, old_epochs, spe, step)
+  return manager, item, float(progress.get("elapsed_s", 0.0))
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits) -> dict[str, Any]:
   """`train_and_evaluate` once the config is checked, the data loaded and the workdir held."""
   mesh = parallel.create_mesh()
@@ -394,22 +418,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
   )
   if is_main:
     print(models.summary(models.create_model(config.model)), flush=True)
-  item = init_train_item(config, spe, mesh)
-  saved = validation.saved_config(workdir)
-  manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-  restored = checkpoints.restore_newest_readable(manager, item, workdir, move=jax.process_index() == 0)
-  if is_main:  # Only once the run is known to start: a failed resume leaves the saved config as it was.
-    os.makedirs(workdir, exist_ok=True)
-    with files.atomic_write(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
-      f.write(config.to_json(indent=2))
-  elapsed_before = 0.0
-  if restored is not None:
-    item, progress = restored
-    elapsed_before = float(progress.get("elapsed_s", 0.0))
-    logging.info("Resumed from the checkpoint at step %d.", int(item["state"].step))
-    old_epochs = (saved or {}).get("num_epochs", config.num_epochs)
-    if isinstance(old_epochs, int) and old_epochs != config.num_epochs:
-      _announce_new_length(config, old_epochs, spe, int(item["state"].step))
+  manager, item, elapsed_before = _resume(config, workdir, spe, mesh, is_main)
   state, sums = item["state"], item["sums"]
   start_step = int(state.step)
   writer = metric_writers.create_default_writer(
