@@ -31,6 +31,14 @@ def assert_input_error(excinfo, path, *words):
     assert word in message, message
 
 
+def assert_refused(reader, made):
+  """`reader` raises a one-line `InputError` for the file `made` = (path, words), naming the path and the words."""
+  path, words = made
+  with pytest.raises(InputError) as excinfo:
+    reader(path)
+  assert_input_error(excinfo, path, *words)
+
+
 def images(n: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
@@ -336,10 +344,7 @@ def _directory_npy(tmp_path):
   ],
 )
 def test_read_npy_errors(tmp_path, make):
-  path, words = make(tmp_path)
-  with pytest.raises(InputError) as excinfo:
-    user_inputs.read_npy(path)
-  assert_input_error(excinfo, path, *words)
+  assert_refused(user_inputs.read_npy, make(tmp_path))
 
 
 # read_kaggle_csv
@@ -522,10 +527,7 @@ def _directory_csv(tmp_path):
   ],
 )
 def test_kaggle_errors(tmp_path, make):
-  path, words = make(tmp_path)
-  with pytest.raises(InputError) as excinfo:
-    user_inputs.read_kaggle_csv(path)
-  assert_input_error(excinfo, path, *words)
+  assert_refused(user_inputs.read_kaggle_csv, make(tmp_path))
 
 
 # read_inputs
