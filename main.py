@@ -3,30 +3,24 @@
 Flags:
   --config: a config file with `get_config()`; fields overridable as `--config.FIELD=VALUE`.
   --workdir: checkpoints, metrics.jsonl and config.json (default: workdirs/<config name>).
-  --distributed: call `jax.distributed.initialize()` first (multi-host runs).
+  --distributed: join a multi-process run with `jax.distributed.initialize()` first. Its settings
+    --coordinator_address, --num_processes and --process_id are detected on TPU pods, Slurm and
+    Open MPI; elsewhere give all three (each of them implies --distributed).
 
 Exit codes: 0 when training is complete; 1 for bad input or a diverged run (one line on stderr);
 143 or 130 after SIGTERM or Ctrl-C stopped the run with a checkpoint saved (rerun to resume).
 """
 
 import os
-import signal
 import sys
-
-
-def _interrupted_while_starting(signum, frame) -> None:
-  """Ctrl-C before the loop installs its own handler (which saves a checkpoint first): one line, exit 130.
-
-  Nothing of value is unwritten then (files are replaced whole, the lock dies with the process).
-  """
-  del signum, frame
-  sys.stderr.write(f"{PROG}: interrupted\n")
-  os._exit(130)  # Unwinding past XLA's running threads has crashed the interpreter (SIGSEGV) before now.
-
 
 PROG = "main.py"
 if __name__ == "__main__":
-  signal.signal(signal.SIGINT, _interrupted_while_starting)
+  # Ctrl-C before the loop installs its own handler (which saves a checkpoint first): one line, exit 130.
+  # Nothing of value is unwritten then (files are replaced whole, the lock dies with the process).
+  from mnist_flax import startup
+
+  startup.exit_on_interrupt(PROG)
 
 import jax
 from absl import flags

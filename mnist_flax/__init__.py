@@ -1,22 +1,35 @@
-"""mnist-flax: train Flax CNNs on MNIST with pure, jitted, sharded steps."""
+"""mnist-flax: train Flax CNNs on MNIST with pure, jitted, sharded steps.
 
-from mnist_flax.errors import UsageError
-from mnist_flax.inference import Predictor, load_checkpoint
-from mnist_flax.models import CNN, create_model
-from mnist_flax.steps import eval_step, train_step
-from mnist_flax.train import train_and_evaluate
-from mnist_flax.train_state import TrainState, create_optimizer, create_train_state
+The names below load their modules on first use (PEP 562), so `python -m mnist_flax.<command>`
+can answer Ctrl-C before jax is imported.
+"""
 
-__all__ = [
-  "CNN",
-  "Predictor",
-  "TrainState",
-  "UsageError",
-  "create_model",
-  "create_optimizer",
-  "create_train_state",
-  "eval_step",
-  "load_checkpoint",
-  "train_and_evaluate",
-  "train_step",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+  "CNN": "mnist_flax.models",
+  "Predictor": "mnist_flax.inference",
+  "TrainState": "mnist_flax.train_state",
+  "UsageError": "mnist_flax.errors",
+  "create_model": "mnist_flax.models",
+  "create_optimizer": "mnist_flax.train_state",
+  "create_train_state": "mnist_flax.train_state",
+  "eval_step": "mnist_flax.steps",
+  "load_checkpoint": "mnist_flax.inference",
+  "train_and_evaluate": "mnist_flax.train",
+  "train_step": "mnist_flax.steps",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'mnist_flax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(_EXPORTS[name]), name)
+  globals()[name] = value  # Later lookups skip this function.
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -8,9 +8,8 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
+from mnist_flax import startup
 from mnist_flax.errors import UsageError
-
-INTERRUPTED_EXIT = 130  # The shell's code for a process ended by SIGINT.
 
 
 def one_line(e: BaseException) -> str:
@@ -66,7 +65,7 @@ def run(main: Callable[[list[str]], None], prog: str) -> None:
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough.
       print(f"{prog}: interrupted", file=sys.stderr, flush=True)
       sys.stdout.flush()
-      os._exit(INTERRUPTED_EXIT)  # Not sys.exit: finalizing beside XLA's running threads can segfault.
+      os._exit(startup.INTERRUPTED_EXIT)  # Not sys.exit: finalizing beside XLA's running threads can segfault.
 
   app.run(guarded, flags_parser=parse)
 

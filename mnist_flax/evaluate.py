@@ -11,6 +11,12 @@ batches, as the training loop's evaluation: on the same devices they equal the
 `metrics.jsonl` record of that step to the last digit.
 """
 
+if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
+  from mnist_flax import startup
+
+  startup.exit_on_interrupt("python -m mnist_flax.evaluate")
+
+
 import json
 from typing import Any
 

@@ -17,6 +17,12 @@ Every input is read and checked before the model is loaded; output files are
 written whole or not at all.
 """
 
+if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
+  from mnist_flax import startup
+
+  startup.exit_on_interrupt("python -m mnist_flax.predict")
+
+
 import csv
 import io
 import os

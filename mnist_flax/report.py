@@ -9,6 +9,12 @@ Writes samples.png, learning_curves.png, confusion_matrix.png, predictions.png
 and mistakes.png; the training loop writes the same files when a run ends.
 """
 
+if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
+  from mnist_flax import startup
+
+  startup.exit_on_interrupt("python -m mnist_flax.report")
+
+
 from absl import flags
 
 from mnist_flax import cli, evaluate, inference, train
