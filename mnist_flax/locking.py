@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+from absl import logging
+
 from mnist_flax.errors import UsageError
 
 LOCK_FILE = "lock"
@@ -39,6 +41,8 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     workdir: The run folder.
     enabled: False on processes other than the first of a multi-process run (they share it).
 
+  On a file system without locks (some network and FUSE mounts) it warns and goes on unlocked.
+
   Raises:
     WorkdirBusy: another live process holds the lock (the message names its pid and host).
     UsageError: the workdir or its lock file cannot be created.
@@ -59,6 +63,8 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
       raise WorkdirBusy(
         f"workdir {workdir} is in use by {_holder(fd)}; wait for that run to end or use another --workdir"
       ) from None
+    except OSError as e:  # Some network and FUSE file systems have no locks (ENOLCK, EOPNOTSUPP).
+      logging.warning("Cannot lock %s (%s): make sure no other run uses this workdir.", path, e.strerror or e)
     since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)

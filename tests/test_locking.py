@@ -1,5 +1,7 @@
+import errno
 import multiprocessing
 import os
+from unittest import mock
 
 import pytest
 
@@ -62,3 +64,13 @@ def test_disabled_on_other_processes_writes_nothing(tmp_path):
   with locking.workdir_lock(str(tmp_path / "run"), enabled=False):
     pass
   assert not (tmp_path / "run").exists()
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+  def no_locks(fd, operation):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+  monkeypatch.setattr(locking.fcntl, "flock", no_locks)
+  with mock.patch.object(locking.logging, "warning") as warning, locking.workdir_lock(str(tmp_path / "run")):
+    assert (tmp_path / "run" / locking.LOCK_FILE).exists()
+  assert "make sure no other run uses this workdir" in warning.call_args.args[0]
