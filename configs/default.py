@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
   # loop, compiled once whatever its length: the GPU/TPU path) or "auto" (unrolled on CPU only).
   config.scan = "auto"
   config.checkpoint_every_steps = 1000
+  # Stop (keeping the checkpoints before it) when an epoch ends with the test accuracy at the level
+  # of guessing: the network is not learning. False to train on regardless (e.g. on random labels).
+  config.stop_at_chance = True
   config.keep_checkpoints = 3
 
   # tfds data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets) and, for

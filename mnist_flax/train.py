@@ -72,6 +72,21 @@ def check_loss(loss: float, step: int) -> None:
     )
 
 
+# A test accuracy below this at the end of an epoch (guessing scores 10 % on MNIST) means the network
+# is not learning: a learning rate so high that every output collapses to one class, for example.
+CHANCE_ACCURACY = 1.5 / models.NUM_CLASSES
+
+
+def check_accuracy(accuracy: float, epoch: int) -> None:
+  """Raises `Diverged` if the test accuracy after `epoch` is at the level of guessing."""
+  if accuracy < CHANCE_ACCURACY:
+    raise Diverged(
+      f"the test accuracy is {accuracy:.2%} after epoch {epoch}, no better than guessing (below "
+      f"{CHANCE_ACCURACY:.0%}): the network is not learning; lower config.learning_rate, or set "
+      "config.stop_at_chance=False to train on. The checkpoints before it are kept"
+    )
+
+
 def steps_per_dispatch(config: ml_collections.ConfigDict, steps_per_epoch: int, backend: str) -> int:
   """Train steps per compiled chunk: the config's value, or the backend's default.
 
@@ -207,6 +222,7 @@ class _Run:
   elapsed_before: float
   start_time: float = dataclasses.field(default_factory=time.perf_counter)
   chunk_fns: dict[int, Any] = dataclasses.field(default_factory=dict)
+  dispatches: int = 0  # Chunks run so far by this process: JAX's preemption sync counts calls, one apart.
 
   def elapsed(self) -> float:
     """Seconds of training so far, earlier runs of this workdir included."""
@@ -238,6 +254,16 @@ def _chunk_scalars(before: dict, after: dict, n: int, done: int, run: _Run, step
   }
 
 
+def _check(run: _Run, check, *args) -> None:
+  """`check(*args)`; if it raises `Diverged`, the records and checkpoints so far are closed first."""
+  try:
+    check(*args)
+  except Diverged:
+    run.writer.close()
+    run.manager.close()
+    raise
+
+
 def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: int, stop) -> tuple:
   """Trains steps `offset ..` of `epoch` chunk by chunk, checkpointing when due or asked to stop.
 
@@ -259,16 +285,13 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
     step = epoch * spe + first + n
     rate = throughput.update(n * c.batch_size)
     scalars = _chunk_scalars(before, after, n, first + n, run, step, rate)
-    try:
-      check_loss(scalars["loss"], step)
-    except Diverged:
-      run.writer.close()
-      run.manager.close()
-      raise
+    _check(run, check_loss, scalars["loss"], step)
     run.writer.write_chunk(step, n, scalars)
     before = after
-    # Several processes stop together through orbax's preemption sync; one process on its own signal.
-    preempted = run.manager.reached_preemption(step) if jax.process_count() > 1 else stop.is_set()
+    # Several processes stop together through orbax's preemption sync, whose sync point is one past the
+    # furthest process's last counter (so the counter must advance by one); one process on its own signal.
+    run.dispatches += 1
+    preempted = run.manager.reached_preemption(run.dispatches) if jax.process_count() > 1 else stop.is_set()
     due = step // c.checkpoint_every_steps > (step - n) // c.checkpoint_every_steps or preempted
     if first + n < spe:  # At the end of an epoch the save waits for its record.
       if due:
@@ -456,6 +479,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
       state, sums, save_due, preempted = _train_epoch(run, state, sums, epoch, offset, stop)
       record, test = _epoch_record(run, state, sums, epoch, epoch_start)
       writer.write_record(record)
+      if config.stop_at_chance:
+        _check(run, check_accuracy, record["test_accuracy"], record["epoch"])
       step = record["step"]
       if save_due or step == total_steps:
         run.save(step, state, sums)

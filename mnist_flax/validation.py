@@ -13,7 +13,16 @@ from mnist_flax.errors import UsageError
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
-  {"num_epochs", "steps_per_dispatch", "scan", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir"}
+  {
+    "num_epochs",
+    "steps_per_dispatch",
+    "scan",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "data_dir",
+    "manual_dir",
+    "stop_at_chance",
+  }
 )
 CONFIG_FILE = "config.json"
 SCAN_MODES = ("auto", "unrolled", "rolled")

@@ -203,6 +203,27 @@ def test_a_finite_blow_up_stops_before_any_record_or_later_checkpoint(tiny_confi
   assert all(s < step for s in saved)
 
 
+def test_check_accuracy_stops_at_the_level_of_guessing():
+  train.check_accuracy(train.CHANCE_ACCURACY, 1)
+  train.check_accuracy(0.97, 1)
+  for accuracy in (0.0, 0.098, 0.1135, train.CHANCE_ACCURACY - 1e-6):
+    with pytest.raises(train.Diverged, match="after epoch 3, no better than guessing"):
+      train.check_accuracy(accuracy, 3)
+
+
+def test_an_epoch_at_chance_stops_after_its_record_keeping_earlier_checkpoints(tiny_config, mock_data_dir, tmp_path):
+  tiny_config.data_dir = mock_data_dir  # Random labels: the test accuracy stays near 10 %.
+  tiny_config.stop_at_chance = True
+  workdir = tmp_path / "run"
+  with pytest.raises(train.Diverged, match="after epoch 1, no better than guessing") as e:
+    train.train_and_evaluate(tiny_config, str(workdir))
+  assert "config.stop_at_chance=False" in str(e.value)
+  records = metric_writers.read_records(str(workdir))
+  assert [r["epoch"] for r in records] == [1] and records[0]["test_accuracy"] < train.CHANCE_ACCURACY
+  spe = records[0]["step"]
+  assert all(int(d) < spe for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
 def test_sums_are_float32_scalars():
   assert all(isinstance(k, str) for k in train.SUM_KEYS)
   assert jnp.zeros((), jnp.float32).dtype == jnp.float32
