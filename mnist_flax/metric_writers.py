@@ -164,10 +164,11 @@ class LogWriter(MetricWriter):
     self.num_epochs = num_epochs
 
   def write_record(self, r: Record) -> None:  # noqa: D102
+    took = "rebuilt from its checkpoint" if r["epoch_s"] is None else f"{r['epoch_s']:.1f} s"
     print(
       f"epoch {r['epoch']}/{self.num_epochs} step {r['step']}: train loss {r['train_loss']:.4f} "
       f"acc {100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:.2f}% | "
-      f"{r['epoch_s']:.1f} s ({r['elapsed_s']:.1f} s total)",
+      f"{took} ({r['elapsed_s']:.1f} s total)",
       flush=True,
     )
 
@@ -310,7 +311,7 @@ class TensorBoardWriter(MetricWriter):
 
   def write_record(self, record: Record) -> None:  # noqa: D102
     for key, tag in RECORD_TAGS.items():
-      if key in record:
+      if record.get(key) is not None:
         self._scalar(record["step"], tag, record[key])
 
   def write_image(self, step: int, tag: str, image: np.ndarray) -> None:  # noqa: D102

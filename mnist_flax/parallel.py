@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -30,3 +31,18 @@ def put_replicated(tree, mesh: Mesh):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree.map(put, tree)
+
+
+def failed_processes(failed: bool) -> list[int]:
+  """The indices of the processes whose `failed` is true; with several processes, all must call it together."""
+  if jax.process_count() == 1:
+    return [0] if failed else []
+  flags = multihost_utils.process_allgather(np.int32(failed))
+  return [int(i) for i in np.flatnonzero(flags)]
+
+
+def process_0_says(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (all must call it together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))

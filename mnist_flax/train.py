@@ -308,8 +308,11 @@ def epoch_order_fn(mesh: jax.sharding.Mesh):
   return jax.jit(epoch_order, static_argnums=2, out_shardings=parallel.replicated(mesh))
 
 
-def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_start: float) -> tuple[dict, dict]:
-  """Evaluates `state` on the test set; returns the epoch's metrics.jsonl record and the evaluation."""
+def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_start: float | None) -> tuple[dict, dict]:
+  """Evaluates `state` on the test set; returns the epoch's metrics.jsonl record and the evaluation.
+
+  `epoch_start` None (a record rebuilt from a checkpoint) gives `epoch_s` None: unknown.
+  """
   spe = run.steps_per_epoch
   train = {k: float(v) / spe for k, v in jax.device_get(sums).items()}
   test = run.evaluator(state)
@@ -324,7 +327,7 @@ def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_st
     "test_loss": test["loss"],
     "test_accuracy": test["accuracy"],
     "test_count": int(test["count"]),
-    "epoch_s": time.perf_counter() - epoch_start,
+    "epoch_s": None if epoch_start is None else time.perf_counter() - epoch_start,
     "elapsed_s": run.elapsed(),
   }
   return record, test
@@ -343,6 +346,17 @@ def write_plots(workdir: str, data: input_pipeline.Splits, probabilities: np.nda
     test_labels=data["test"]["label"],
     test_probabilities=probabilities,
   )
+
+
+def _record_lost(workdir: str, step: int, steps_per_epoch: int) -> bool:
+  """Whether `step` ends an epoch whose record is missing from metrics.jsonl (a line cut short, say).
+
+  The record is written before its checkpoint; a checkpoint at the end of an epoch without it
+  means the line was lost afterwards.
+  """
+  if step == 0 or step % steps_per_epoch:
+    return False
+  return all(r["step"] != step for r in metric_writers.read_records(workdir))
 
 
 def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, writer) -> None:
@@ -448,13 +462,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     workdir, steps_per_epoch=spe, num_epochs=config.num_epochs, enabled=is_main
   )
   writer.truncate(start_step)
-  if start_step >= total_steps:
-    logging.info("Training already complete at step %d; nothing to do.", start_step)
-    writer.close()
-    manager.close()
-    records = metric_writers.read_records(workdir)
-    return records[-1] if records else {"step": start_step}
-
   run = _Run(
     config=config,
     mesh=mesh,
@@ -469,6 +476,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     writer=writer,
     elapsed_before=elapsed_before,
   )
+  if parallel.process_0_says(is_main and _record_lost(workdir, start_step, spe)):
+    record, _ = _epoch_record(run, state, sums, start_step // spe - 1, epoch_start=None)
+    writer.write_record(record)
+    logging.warning("metrics.jsonl had lost the record of step %d; rebuilt it from its checkpoint.", start_step)
+  if start_step >= total_steps:
+    logging.info("Training already complete at step %d; nothing to do.", start_step)
+    writer.close()
+    manager.close()
+    records = metric_writers.read_records(workdir)
+    return records[-1] if records else {"step": start_step}
+
   record: dict[str, Any] = {}
   with stop_requests() as stop:
     for epoch in range(start_step // spe, config.num_epochs):

@@ -133,6 +133,22 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(
   assert [d.split("-")[0] for d in os.listdir(damaged / "damaged_checkpoints")] == [str(last)]
 
 
+def test_a_final_record_cut_short_is_rebuilt_from_the_checkpoint(tiny_config, mock_data_dir, tiny_run, tmp_path):
+  import shutil
+
+  tiny_config.data_dir = mock_data_dir
+  cut = tmp_path / "cut"
+  shutil.copytree(tiny_run, cut)
+  text = (cut / "metrics.jsonl").read_text()
+  (cut / "metrics.jsonl").write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+
+  train.train_and_evaluate(tiny_config, str(cut))
+  rebuilt, original = read_records(cut), read_records(tiny_run)
+  assert rebuilt[-1]["epoch_s"] is None
+  assert without_times(rebuilt) == without_times(original)
+  assert (cut / "metrics.jsonl").read_text().count("\n") == len(original)
+
+
 def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, mock_data_dir, tmp_path, caplog):
   tiny_config.data_dir = mock_data_dir
   tiny_config.num_epochs = 1
