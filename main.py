@@ -43,7 +43,14 @@ try:  # Defining the flag already applies --config.x overrides from sys.argv to 
 except Exception as e:  # noqa: BLE001 - a bad override of the default config.
   _fail(cli.one_line(e))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config name>).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Processes in the run (implies --distributed).", lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "This process's index from 0 (implies --distributed).", lower_bound=0
+)
 
 
 def _config_path() -> str:
@@ -68,6 +75,19 @@ def default_workdir() -> str:
   return os.path.join(HERE, "workdirs", name)
 
 
+def initialize_distributed(**settings) -> None:
+  """`jax.distributed.initialize(**settings)`; any setting left None is detected by JAX (or is an error)."""
+  given = {k: v for k, v in settings.items() if v is not None}
+  if given.get("process_id", 0) >= given.get("num_processes", sys.maxsize):
+    _fail(f"--process_id={given['process_id']} must be below --num_processes={given['num_processes']}")
+  try:
+    jax.distributed.initialize(**given)
+  except (ValueError, RuntimeError, TypeError) as e:
+    missing = ", ".join(f"--{k}" for k in settings if k not in given)
+    hint = f" (JAX could not detect {missing}: give them on the command line)" if missing else ""
+    _fail(f"--distributed: jax.distributed.initialize() failed: {cli.one_line(e)}{hint}")
+
+
 def main(argv: list[str]) -> None:
   """Entry point after flag parsing."""
   if len(argv) > 1:
@@ -75,11 +95,10 @@ def main(argv: list[str]) -> None:
   config = load_config()
   if _WORKDIR.value == "":
     _fail("--workdir is empty; give a folder, or leave the flag out for workdirs/<config name>")
-  if _DISTRIBUTED.value:
-    try:
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:
-      _fail(f"--distributed: jax.distributed.initialize() failed: {cli.one_line(e)}")
+  distributed = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value}
+  distributed["process_id"] = _PROCESS_ID.value
+  if _DISTRIBUTED.value or any(v is not None for v in distributed.values()):
+    initialize_distributed(**distributed)
   workdir = _WORKDIR.value or default_workdir()
   try:
     train.train_and_evaluate(config, workdir)

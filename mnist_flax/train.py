@@ -37,6 +37,7 @@ from mnist_flax import (
   train_state,
   validation,
 )
+from mnist_flax.errors import UsageError
 from mnist_flax.train_state import TrainState, create_train_state
 
 PLOTS_DIR = "plots"
@@ -177,11 +178,16 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
 
 @contextlib.contextmanager
 def stop_requests():
-  """Yields an event set by SIGTERM or SIGINT, so the loop can save and stop between chunks."""
+  """Yields an event set by SIGTERM or SIGINT, so the loop can save and stop between chunks.
+
+  With several processes, SIGTERM is left to JAX's preemption notifier, which tells every process
+  (the loop asks orbax's `reached_preemption`), and SIGINT is passed on to it as a SIGTERM.
+  """
   event = threading.Event()
   if threading.current_thread() is not threading.main_thread():
     yield event
     return
+  several = jax.process_count() > 1
 
   def handler(signum, frame):
     del frame
@@ -190,8 +196,11 @@ def stop_requests():
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     event.signum = signum  # For the exit code, 128 + signum as shells report it.
     event.set()
+    if several:
+      os.kill(os.getpid(), signal.SIGTERM)
 
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  handled = (signal.SIGINT,) if several else (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.signal(s, handler) for s in handled}
   try:
     yield event
   finally:
@@ -406,9 +415,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   validation.validate_config(config)
   validation.check_workdir(config, workdir)
-  data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
-  with locking.workdir_lock(workdir, enabled=jax.process_index() == 0):
-    validation.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
+  is_main, several = jax.process_index() == 0, jax.process_count() > 1
+  load = functools.partial(input_pipeline.load_mnist, config.data_dir or None, config.manual_dir or None)
+  data = _together(load, turn=is_main)  # Process 0 first: it prepares the dataset and its cache once.
+  if several:  # Then the others, from the cache.
+    later = _together(load, turn=not is_main)
+    data = data if is_main else later
+  with contextlib.ExitStack() as held:
+
+    def hold() -> None:
+      held.enter_context(locking.workdir_lock(workdir, enabled=is_main))
+      validation.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
+
+    _together(hold, turn=True)
     try:
       return _train_and_evaluate(config, workdir, data)
     except OSError as e:  # Records, events or plots could not be written: disk full, read-only, ...
@@ -416,6 +435,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise checkpoints.WriteError(
         f"cannot write {where}: {e.strerror or e}; the checkpoints before it are kept, rerun once it can be written"
       ) from e
+
+
+def _together(action, turn: bool):
+  """`action()` where `turn` is true; if it fails in any process, every process stops (no one waits forever).
+
+  Raises:
+    UsageError: this process's own error, or one naming the process that failed.
+  """
+  result, error = None, None
+  if turn:
+    try:
+      result = action()
+    except UsageError as e:
+      error = e
+  failed = parallel.failed_processes(error is not None)
+  if error is not None:
+    raise error
+  if failed:
+    raise UsageError(f"process {failed[0]} could not start (its output says why)")
+  return result
 
 
 def _resume(config: ml_collections.ConfigDict, workdir: str, spe: int, mesh: jax.sharding.Mesh, is_main: bool):
