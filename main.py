@@ -6,13 +6,17 @@ Flags:
   --distributed: join a multi-process run with `jax.distributed.initialize()` first. Its settings
     --coordinator_address, --num_processes and --process_id are detected on TPU pods, Slurm and
     Open MPI; elsewhere give all three (each of them implies --distributed).
+  --initialization_timeout: seconds to wait for every process to connect (default 300).
 
 Exit codes: 0 when training is complete; 1 for bad input or a diverged run (one line on stderr);
 143 or 130 after SIGTERM or Ctrl-C stopped the run with a checkpoint saved (rerun to resume).
 """
 
 import os
+import re
+import socket
 import sys
+import time
 
 PROG = "main.py"
 if __name__ == "__main__":
@@ -48,6 +52,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer(
   "num_processes", None, "Processes in the run (implies --distributed).", lower_bound=1
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+  "initialization_timeout", 300, "Seconds to wait for every process to connect (with --distributed).", lower_bound=1
+)
 _PROCESS_ID = flags.DEFINE_integer(
   "process_id", None, "This process's index from 0 (implies --distributed).", lower_bound=0
 )
@@ -75,13 +82,35 @@ def default_workdir() -> str:
   return os.path.join(HERE, "workdirs", name)
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """Waits until process 0 listens at `address` (JAX aborts the process if it never does)."""
+  host, port = address.rsplit(":", 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        _fail(
+          f"--coordinator_address={address}: nothing answered for {timeout:g} s ({e.strerror or e}); "
+          "start process 0 there, or correct the address"
+        )
+      time.sleep(0.5)
+
+
 def initialize_distributed(**settings) -> None:
   """`jax.distributed.initialize(**settings)`; any setting left None is detected by JAX (or is an error)."""
   given = {k: v for k, v in settings.items() if v is not None}
   if given.get("process_id", 0) >= given.get("num_processes", sys.maxsize):
     _fail(f"--process_id={given['process_id']} must be below --num_processes={given['num_processes']}")
+  address = given.get("coordinator_address")
+  if address is not None and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", address):
+    _fail(f"--coordinator_address={address} is not host:port (e.g. localhost:12355, the address of process 0)")
+  if address is not None and given.get("process_id", 0) > 0:
+    _wait_for_coordinator(address, _INIT_TIMEOUT.value)
   try:
-    jax.distributed.initialize(**given)
+    jax.distributed.initialize(**given, initialization_timeout=_INIT_TIMEOUT.value)
   except (ValueError, RuntimeError, TypeError) as e:
     missing = ", ".join(f"--{k}" for k in settings if k not in given)
     hint = f" (JAX could not detect {missing}: give them on the command line)" if missing else ""

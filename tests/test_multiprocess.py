@@ -130,6 +130,20 @@ def test_a_process_that_cannot_start_stops_the_others(mock_data_dir, tmp_path):
   assert not (workdir / "checkpoints").exists()
 
 
-def test_process_id_must_be_below_num_processes():
-  result = run_main("--num_processes=2", "--process_id=2")
-  assert_one_line_error(result, "main.py", "--process_id=2 must be below --num_processes=2")
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--num_processes=2", "--process_id=2"], "--process_id=2 must be below --num_processes=2"),
+    (["--coordinator_address=nonsense", "--num_processes=1", "--process_id=0"], "is not host:port"),
+    (
+      [f"--coordinator_address=localhost:{free_port()}", "--num_processes=2", "--process_id=1"],
+      "nothing answered for 2 s (Connection refused); start process 0 there",
+    ),
+    (["--num_processes=2"], "(JAX could not detect --coordinator_address, --process_id: give them"),
+  ],
+  ids=["process id too large", "address without port", "no process 0", "nothing to detect"],
+)
+def test_bad_distributed_settings_are_one_line(args, message, tmp_path):
+  result = run_main(*args, "--initialization_timeout=2", f"--workdir={tmp_path / 'run'}")
+  assert_one_line_error(result, "main.py", message)
+  assert not (tmp_path / "run").exists()
