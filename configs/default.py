@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.stop_at_chance = True
   config.keep_checkpoints = 3
 
+  # Where compiled programs are kept for later runs ("" = off): $MNIST_FLAX_COMPILATION_CACHE, else
+  # ~/.cache/mnist_flax/jax. A rerun, a resume and evaluate/predict then skip XLA compilation.
+  config.compilation_cache = os.environ.get("MNIST_FLAX_COMPILATION_CACHE", "~/.cache/mnist_flax/jax")
+
   # tfds data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets) and, for
   # offline use, a folder holding the four original MNIST files.
   config.data_dir = ""

@@ -45,6 +45,7 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_keep)
   # jax reports at INFO each accelerator plugin it could not load (libtpu on a CPU machine).
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+  std_logging.getLogger("jax._src.compilation_cache").setLevel(std_logging.WARNING)  # "Resetting cache at ..."
 
 
 def run(main: Callable[[list[str]], None], prog: str) -> None:

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import checkpoints, models, parallel, train, validation
+from mnist_flax import checkpoints, compilation_cache, models, parallel, train, validation
 from mnist_flax.errors import UsageError
 from mnist_flax.train_state import TrainState
 
@@ -57,6 +57,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     UsageError: the folder holds no run, no such checkpoint, or an unreadable one.
   """
   config = load_config(workdir)
+  compilation_cache.use(config.get("compilation_cache", ""))  # The run's own cache, if it had one.
   directory = checkpoints.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UsageError(f"no checkpoint in {directory}: the run has not saved one yet")

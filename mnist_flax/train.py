@@ -26,6 +26,7 @@ from absl import logging
 
 from mnist_flax import (
   checkpoints,
+  compilation_cache,
   evaluation,
   files,
   input_pipeline,
@@ -415,6 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   validation.validate_config(config)
   validation.check_workdir(config, workdir)
+  compilation_cache.use(config.get("compilation_cache", ""))
   is_main, several = jax.process_index() == 0, jax.process_count() > 1
   load = functools.partial(input_pipeline.load_mnist, config.data_dir or None, config.manual_dir or None)
   data = _together(load, turn=is_main)  # Process 0 first: it prepares the dataset and its cache once.

@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = frozenset(
     "data_dir",
     "manual_dir",
     "stop_at_chance",
+    "compilation_cache",
   }
 )
 CONFIG_FILE = "config.json"

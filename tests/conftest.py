@@ -13,6 +13,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_MNIST_REASON = "real MNIST is absent: set MNIST_MANUAL_DIR to a folder with the four original MNIST files"
 
 
+def pytest_configure(config):
+  """One compilation cache for the whole session, in a fresh folder (subprocesses inherit it)."""
+  import tempfile
+
+  if "MNIST_FLAX_COMPILATION_CACHE" not in os.environ:
+    os.environ["MNIST_FLAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="mnist_flax_jax_cache_")
+    config._compilation_cache = os.environ["MNIST_FLAX_COMPILATION_CACHE"]
+
+
+def pytest_unconfigure(config):
+  import shutil
+
+  folder = getattr(config, "_compilation_cache", None)
+  if folder:
+    shutil.rmtree(folder, ignore_errors=True)
+    del os.environ["MNIST_FLAX_COMPILATION_CACHE"]
+
+
 @pytest.fixture
 def config():
   return default.get_config()
