@@ -1,0 +1,223 @@
+"""`python -m mnist_flax.benchmark --config=configs/default.py`: how fast a config trains on this machine.
+
+Flags:
+  --config: a config file, as for main.py (`--config.FIELD=VALUE` overrides too).
+  --repeats: timed calls of each compiled program, after one warm-up call (default 5).
+  --target: also train from scratch on MNIST until this test accuracy (e.g. 0.99) and time it.
+  --json: also write the results to this file, as one JSON object.
+
+Measured in this process, on its devices: the compile time of the training chunk (several
+steps in one program, as the loop runs them) and of the evaluation; steady-state seconds per
+step, per epoch (training only, and with the loop's 10,000-image evaluation) and images per
+second, medians over the repeats; the chunk's FLOPs from XLA's own cost analysis, the FLOP/s
+they achieve, and that as a fraction of this machine's float32 matmul peak, measured here too.
+"""
+
+if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
+  from mnist_flax import startup
+
+  startup.exit_on_interrupt("python -m mnist_flax.benchmark")
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from mnist_flax import cli, compilation_cache, evaluation, files, input_pipeline, parallel, train, validation
+from mnist_flax.errors import UsageError
+
+PROG = "python -m mnist_flax.benchmark"
+PEAK_MATMUL_SIZE = 2048
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+  """The median wall time of `fn()` over `repeats` calls after one warm-up call, outputs waited for."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak(repeats: int, n: int = PEAK_MATMUL_SIZE) -> float:
+  """This machine's float32 FLOP/s on an n x n matmul, as XLA runs it on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  return 2 * n**3 / timed(lambda: matmul(a, a), repeats)
+
+
+def compiled_flops(compiled) -> float:
+  """The FLOPs of a compiled program, from XLA's cost analysis (NaN where the backend gives none)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list | tuple):  # Older JAX: one dict per device program.
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def _timed_compile(fn, *args) -> tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | None = None) -> dict[str, Any]:
+  """Benchmarks `config` on the current devices; see the module docstring for what is measured.
+
+  Returns:
+    A flat dict of the figures (seconds, counts, FLOP/s); with `target`, also `target_epochs`
+    and `target_s` (training and evaluation until the test accuracy reaches it, compiled
+    programs reused), or `target_reached` False after `config.num_epochs` epochs.
+  """
+  validation.validate_config(config)
+  compilation_cache.use(config.get("compilation_cache", ""))
+  data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
+  mesh = parallel.create_mesh()
+  spe = len(data["train"]["label"]) // config.batch_size
+  chunk = train.steps_per_dispatch(config, spe, jax.default_backend())
+  unroll = train.unrolled(config, jax.default_backend())
+  seed_rng = np.asarray(train.run_keys(config.seed)[1])
+  images, labels, data_rng = parallel.put_replicated((data["train"]["image"], data["train"]["label"], seed_rng), mesh)
+  order = train.epoch_order_fn(mesh)(data_rng, 0, len(labels))
+
+  initial = train.init_train_item(config, spe, mesh)
+
+  def fresh() -> tuple:  # Copies (the programs donate their inputs) with the same static parts.
+    return jax.tree.map(jnp.copy, (initial["state"], initial["sums"]))
+
+  chunk_fn = train.make_train_chunk(chunk, config.batch_size, config.augment_max_shift, unroll, mesh)
+  state, sums = fresh()
+  compiled, compile_s = _timed_compile(chunk_fn, state, sums, images, labels, order, jnp.int32(0), data_rng)
+  carry = [state, sums]
+
+  def one_chunk():
+    carry[:] = compiled(*carry, images, labels, order, jnp.int32(0), data_rng)  # Donates and replaces the state.
+    return carry
+
+  chunk_s = timed(one_chunk, repeats)
+  evaluator = evaluation.Evaluator(data["test"], config.eval_batch_size, mesh)
+  start = time.perf_counter()
+  evaluator(carry[0])  # Compiles, then runs once.
+  first_eval_s = time.perf_counter() - start
+  eval_s = timed(lambda: evaluator(carry[0])["loss"], repeats)
+  step_s = chunk_s / chunk
+  flops = compiled_flops(compiled) / chunk
+  peak = matmul_peak(repeats)
+  result = {
+    "batch_size": config.batch_size,
+    "devices": jax.device_count(),
+    "backend": jax.default_backend(),
+    "steps_per_epoch": spe,
+    "test_images": len(evaluator.labels),
+    "steps_per_chunk": chunk,
+    "compile_s": compile_s,
+    "eval_compile_s": max(first_eval_s - eval_s, 0.0),
+    "step_s": step_s,
+    "epoch_s": step_s * spe,
+    "eval_s": eval_s,
+    "epoch_with_eval_s": step_s * spe + eval_s,
+    "images_per_s": config.batch_size / step_s,
+    "flops_per_step": flops,
+    "achieved_flop_s": flops / step_s,
+    "matmul_peak_flop_s": peak,
+    "fraction_of_peak": flops / step_s / peak,
+    "repeats": repeats,
+  }
+  if target is not None:
+    result.update(time_to_accuracy(config, target, compiled, chunk, evaluator, fresh, (images, labels, data_rng)))
+  return result
+
+
+def time_to_accuracy(config, target: float, compiled, chunk: int, evaluator, fresh, train_data) -> dict[str, Any]:
+  """Trains from a fresh state, evaluating after each epoch, until the test accuracy reaches `target`."""
+  images, labels, data_rng = train_data
+  spe = len(labels) // config.batch_size
+  mesh = parallel.create_mesh()
+  unroll = train.unrolled(config, jax.default_backend())
+  programs = {chunk: compiled}  # And one for a shorter last chunk of an epoch, as the loop compiles.
+  state, sums = fresh()
+  start = time.perf_counter()
+  for epoch in range(config.num_epochs):
+    order = train.epoch_order_fn(mesh)(data_rng, epoch, len(labels))
+    for first in range(0, spe, chunk):
+      n = min(chunk, spe - first)
+      if n not in programs:
+        programs[n] = train.make_train_chunk(n, config.batch_size, config.augment_max_shift, unroll, mesh)
+      state, sums = programs[n](state, sums, images, labels, order, jnp.int32(first), data_rng)
+    accuracy = evaluator(state)["accuracy"]
+    if accuracy >= target:
+      return {"target": target, "target_reached": True, "target_epochs": epoch + 1,
+              "target_accuracy": accuracy, "target_s": time.perf_counter() - start}  # fmt: skip
+  return {"target": target, "target_reached": False, "target_epochs": config.num_epochs, "target_accuracy": accuracy,
+          "target_s": time.perf_counter() - start}  # fmt: skip
+
+
+def table(result: dict[str, Any]) -> str:
+  """The results as aligned `name  value  unit` lines."""
+  rows = [
+    ("devices", f"{result['devices']} {result['backend']}", ""),
+    ("steps per epoch / per chunk", f"{result['steps_per_epoch']} / {result['steps_per_chunk']}", ""),
+    ("compile: train chunk", f"{result['compile_s']:.2f}", "s"),
+    ("compile: evaluation", f"{result['eval_compile_s']:.2f}", "s"),
+    ("step", f"{1000 * result['step_s']:.2f}", "ms"),
+    ("epoch, training only", f"{result['epoch_s']:.2f}", "s"),
+    (f"evaluation of {result['test_images']:,} test images", f"{result['eval_s']:.2f}", "s"),
+    ("epoch with evaluation", f"{result['epoch_with_eval_s']:.2f}", "s"),
+    ("images per second (training)", f"{result['images_per_s']:,.0f}", "img/s"),
+    ("FLOPs per step (XLA cost analysis)", f"{result['flops_per_step'] / 1e9:.3f}", "GFLOP"),
+    ("achieved", f"{result['achieved_flop_s'] / 1e9:.1f}", "GFLOP/s"),
+    (f"float32 matmul peak ({PEAK_MATMUL_SIZE}^2)", f"{result['matmul_peak_flop_s'] / 1e9:.1f}", "GFLOP/s"),
+    ("fraction of peak", f"{100 * result['fraction_of_peak']:.1f}", "%"),
+  ]
+  if "target" in result:
+    reached = "" if result["target_reached"] else " (not reached)"
+    rows.append(
+      (
+        f"time to {100 * result['target']:.2f}% test accuracy{reached}",
+        f"{result['target_s']:.1f}",
+        f"s, {result['target_epochs']} epoch(s), {100 * result['target_accuracy']:.2f}%",
+      )
+    )
+  width = max(len(r[0]) for r in rows)
+  return "\n".join(f"{name:<{width}}  {value:>12}  {unit}".rstrip() for name, value, unit in rows)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config file to benchmark.", lock_config=True)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each program after a warm-up call.", lower_bound=1)
+_TARGET = flags.DEFINE_float("target", None, "Also time training to this test accuracy (0 < target <= 1).")
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def main(argv: list[str]) -> None:
+  """Benchmarks --config and prints the table."""
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["config"].present:
+    raise UsageError("--config is required, e.g. --config=configs/default.py")
+  if _TARGET.value is not None and not 0 < _TARGET.value <= 1:
+    raise UsageError(f"--target={_TARGET.value} must be a test accuracy in (0, 1], e.g. 0.99")
+  try:
+    config = _CONFIG.value
+  except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
+    raise UsageError(f"cannot load config {flags.FLAGS['config'].config_filename}: {cli.one_line(e)}") from e
+  result = run(config, _REPEATS.value, _TARGET.value)
+  print(table(result))
+  if _JSON.value:
+    try:
+      with files.atomic_write(_JSON.value, "w") as f:
+        json.dump(result, f, indent=2)
+    except OSError as e:
+      raise UsageError(f"cannot write {_JSON.value}: {e.strerror or e}") from e
+
+
+if __name__ == "__main__":
+  cli.run(main, PROG)

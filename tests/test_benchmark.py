@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from mnist_flax import benchmark
+from tests.conftest import MOCK_EXAMPLES, assert_one_line_error, run_module, tiny_flags
+
+
+@pytest.fixture(scope="module")
+def result(mock_data_dir):
+  from configs import default
+  from tests.conftest import TINY_OVERRIDES
+
+  config = default.get_config()
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir})
+  return benchmark.run(config, repeats=2, target=0.05)
+
+
+def test_the_figures_are_measured_and_consistent(result, tiny_config):
+  assert result["steps_per_epoch"] == MOCK_EXAMPLES // tiny_config.batch_size
+  assert result["steps_per_chunk"] == tiny_config.steps_per_dispatch
+  for key in ("compile_s", "step_s", "eval_s", "flops_per_step", "matmul_peak_flop_s"):
+    assert result[key] > 0, key
+  assert result["epoch_s"] == pytest.approx(result["step_s"] * result["steps_per_epoch"])
+  assert result["images_per_s"] == pytest.approx(tiny_config.batch_size / result["step_s"])
+  assert result["fraction_of_peak"] == pytest.approx(result["achieved_flop_s"] / result["matmul_peak_flop_s"])
+
+
+def test_time_to_a_target_accuracy(result):
+  assert result["target_reached"] and result["target_epochs"] == 1 and result["target_accuracy"] >= 0.05
+  assert result["target_s"] > 0
+
+
+def test_the_table_names_every_figure(result):
+  text = benchmark.table(result)
+  assert "compile: train chunk" in text and "fraction of peak" in text and "time to 5.00% test accuracy" in text
+
+
+def test_the_command_prints_the_table_and_writes_json(mock_data_dir, tmp_path):
+  out = tmp_path / "bench.json"
+  flags = [f"--config.{f[len('--config.') :]}" for f in tiny_flags(data_dir=mock_data_dir)]
+  result = run_module("mnist_flax.benchmark", "--config=configs/default.py", *flags, "--repeats=1", f"--json={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "images per second" in result.stdout
+  assert json.loads(out.read_text())["steps_per_chunk"] == 3
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    ([], "--config is required"),
+    (["--config=configs/default.py", "--target=1.5"], "--target=1.5 must be a test accuracy in (0, 1]"),
+    (["--config=configs/default.py", "--config.batch_size=0"], "config.batch_size must be a positive integer"),
+    (["--config=configs/default.py", "--repeats=0"], "--repeats=0"),
+  ],
+  ids=["no config", "target above 1", "bad field", "no repeats"],
+)
+def test_bad_arguments_are_one_line(args, message):
+  assert_one_line_error(run_module("mnist_flax.benchmark", *args), "python -m mnist_flax.benchmark", message)
