@@ -64,9 +64,7 @@ def run(main: Callable[[list[str]], None], prog: str) -> None:
     except UsageError as e:
       fail(prog, one_line(e))
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough.
-      print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(startup.INTERRUPTED_EXIT)  # Not sys.exit: finalizing beside XLA's running threads can segfault.
+      startup.interrupted(prog)
 
   app.run(guarded, flags_parser=parse)
 

@@ -6,8 +6,20 @@ Imports nothing beyond the standard library, so a command can install it first o
 import os
 import signal
 import sys
+from typing import NoReturn
 
 INTERRUPTED_EXIT = 128 + signal.SIGINT
+
+
+def interrupted(prog: str) -> NoReturn:
+  """Ends the process at once with `PROG: interrupted` on stderr and exit code 130."""
+  sys.stderr.write(f"{prog}: interrupted\n")
+  sys.stderr.flush()
+  try:
+    sys.stdout.flush()
+  except (OSError, ValueError):
+    pass
+  os._exit(INTERRUPTED_EXIT)  # Not sys.exit: unwinding beside XLA's running threads has segfaulted.
 
 
 def exit_on_interrupt(prog: str) -> None:
@@ -18,12 +30,6 @@ def exit_on_interrupt(prog: str) -> None:
 
   def handler(signum, frame) -> None:
     del signum, frame
-    sys.stderr.write(f"{prog}: interrupted\n")
-    sys.stderr.flush()
-    try:
-      sys.stdout.flush()
-    except (OSError, ValueError):
-      pass
-    os._exit(INTERRUPTED_EXIT)  # Not sys.exit: unwinding beside XLA's running threads has segfaulted.
+    interrupted(prog)
 
   signal.signal(signal.SIGINT, handler)
