@@ -38,9 +38,9 @@ def use(path: str) -> str | None:
     except OSError as e:
       logging.warning("Compiling without a cache: %s is unusable (%s).", folder, getattr(e, "strerror", None) or e)
       folder = None
-  if folder:
-    _drop_unreadable_entries(folder)
-  if folder != jax.config.jax_compilation_cache_dir:
+  if folder != jax.config.jax_compilation_cache_dir:  # Once per folder and process, not at every call.
+    if folder:
+      _drop_unreadable_entries(folder)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
     compilation_cache.reset_cache()  # JAX decides whether to use a cache at its first compilation.
