@@ -71,6 +71,43 @@ def _timed_compile(fn, *args) -> tuple[Any, float]:
   return compiled, time.perf_counter() - start
 
 
+class _Setup:
+  """The training set on the devices, the initial state and the compiled chunk, as the loop has them."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.Splits):
+    self.config, self.mesh = config, parallel.create_mesh()
+    self.steps_per_epoch = len(data["train"]["label"]) // config.batch_size
+    self.chunk = train.steps_per_dispatch(config, self.steps_per_epoch, jax.default_backend())
+    seed_rng = np.asarray(train.run_keys(config.seed)[1])
+    self.images, self.labels, self.data_rng = parallel.put_replicated(
+      (data["train"]["image"], data["train"]["label"], seed_rng), self.mesh
+    )
+    self.initial = train.init_train_item(config, self.steps_per_epoch, self.mesh)
+    self.programs = {}  # Chunk length -> program; the full chunk is compiled ahead of time by `compile`.
+
+  def fresh(self) -> list:
+    """Copies of the initial `[state, sums]` (the programs donate their inputs), same static parts."""
+    return list(jax.tree.map(jnp.copy, (self.initial["state"], self.initial["sums"])))
+
+  def order(self, epoch: int) -> jax.Array:
+    return train.epoch_order_fn(self.mesh)(self.data_rng, epoch, len(self.labels))
+
+  def compile(self) -> float:
+    """Compiles the full chunk; returns the seconds it took."""
+    fn = train.config_train_chunk(self.config, self.chunk, self.mesh)
+    compiled, seconds = _timed_compile(fn, *self.fresh(), *self.chunk_args(self.order(0), 0))
+    self.programs[self.chunk] = compiled
+    return seconds
+
+  def chunk_args(self, order: jax.Array, first: int) -> tuple:
+    return self.images, self.labels, order, jnp.int32(first), self.data_rng
+
+  def program(self, n: int):
+    if n not in self.programs:  # A shorter last chunk of an epoch, as the loop compiles it.
+      self.programs[n] = train.config_train_chunk(self.config, n, self.mesh)
+    return self.programs[n]
+
+
 def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | None = None) -> dict[str, Any]:
   """Benchmarks `config` on the current devices; see the module docstring for what is measured.
 
@@ -82,35 +119,21 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
   validation.validate_config(config)
   compilation_cache.use("")  # Compile times as a first run pays them, whatever the cache holds.
   data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
-  mesh = parallel.create_mesh()
-  spe = len(data["train"]["label"]) // config.batch_size
-  chunk = train.steps_per_dispatch(config, spe, jax.default_backend())
-  unroll = train.unrolled(config, jax.default_backend())
-  seed_rng = np.asarray(train.run_keys(config.seed)[1])
-  images, labels, data_rng = parallel.put_replicated((data["train"]["image"], data["train"]["label"], seed_rng), mesh)
-  order = train.epoch_order_fn(mesh)(data_rng, 0, len(labels))
-
-  initial = train.init_train_item(config, spe, mesh)
-
-  def fresh() -> tuple:  # Copies (the programs donate their inputs) with the same static parts.
-    return jax.tree.map(jnp.copy, (initial["state"], initial["sums"]))
-
-  chunk_fn = train.make_train_chunk(chunk, config.batch_size, config.augment_max_shift, unroll, mesh)
-  state, sums = fresh()
-  compiled, compile_s = _timed_compile(chunk_fn, state, sums, images, labels, order, jnp.int32(0), data_rng)
-  carry = [state, sums]
+  setup = _Setup(config, data)
+  compile_s = setup.compile()
+  compiled, chunk, spe = setup.programs[setup.chunk], setup.chunk, setup.steps_per_epoch
+  carry, args = setup.fresh(), setup.chunk_args(setup.order(0), 0)
 
   def one_chunk():
-    carry[:] = compiled(*carry, images, labels, order, jnp.int32(0), data_rng)  # Donates and replaces the state.
+    carry[:] = compiled(*carry, *args)  # Donates and replaces the state.
     return carry
 
-  chunk_s = timed(one_chunk, repeats)
-  evaluator = evaluation.Evaluator(data["test"], config.eval_batch_size, mesh)
+  step_s = timed(one_chunk, repeats) / chunk
+  evaluator = evaluation.Evaluator(data["test"], config.eval_batch_size, setup.mesh)
   start = time.perf_counter()
   evaluator(carry[0])  # Compiles, then runs once.
   first_eval_s = time.perf_counter() - start
   eval_s = timed(lambda: evaluator(carry[0])["loss"], repeats)
-  step_s = chunk_s / chunk
   flops = compiled_flops(compiled) / chunk
   peak = matmul_peak(repeats)
   result = {
@@ -134,32 +157,30 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     "repeats": repeats,
   }
   if target is not None:
-    result.update(time_to_accuracy(config, target, compiled, chunk, evaluator, fresh, (images, labels, data_rng)))
+    result.update(time_to_accuracy(setup, evaluator, target))
   return result
 
 
-def time_to_accuracy(config, target: float, compiled, chunk: int, evaluator, fresh, train_data) -> dict[str, Any]:
+def time_to_accuracy(setup: _Setup, evaluator: evaluation.Evaluator, target: float) -> dict[str, Any]:
   """Trains from a fresh state, evaluating after each epoch, until the test accuracy reaches `target`."""
-  images, labels, data_rng = train_data
-  spe = len(labels) // config.batch_size
-  mesh = parallel.create_mesh()
-  unroll = train.unrolled(config, jax.default_backend())
-  programs = {chunk: compiled}  # And one for a shorter last chunk of an epoch, as the loop compiles.
-  state, sums = fresh()
+  spe, chunk, num_epochs = setup.steps_per_epoch, setup.chunk, setup.config.num_epochs
+  state, sums = setup.fresh()
   start = time.perf_counter()
-  for epoch in range(config.num_epochs):
-    order = train.epoch_order_fn(mesh)(data_rng, epoch, len(labels))
+  for epoch in range(num_epochs):
+    order = setup.order(epoch)
     for first in range(0, spe, chunk):
       n = min(chunk, spe - first)
-      if n not in programs:
-        programs[n] = train.make_train_chunk(n, config.batch_size, config.augment_max_shift, unroll, mesh)
-      state, sums = programs[n](state, sums, images, labels, order, jnp.int32(first), data_rng)
+      state, sums = setup.program(n)(state, sums, *setup.chunk_args(order, first))
     accuracy = evaluator(state)["accuracy"]
     if accuracy >= target:
-      return {"target": target, "target_reached": True, "target_epochs": epoch + 1,
-              "target_accuracy": accuracy, "target_s": time.perf_counter() - start}  # fmt: skip
-  return {"target": target, "target_reached": False, "target_epochs": config.num_epochs, "target_accuracy": accuracy,
-          "target_s": time.perf_counter() - start}  # fmt: skip
+      break
+  return {
+    "target": target,
+    "target_reached": bool(accuracy >= target),
+    "target_epochs": epoch + 1,
+    "target_accuracy": accuracy,
+    "target_s": time.perf_counter() - start,
+  }
 
 
 def table(result: dict[str, Any]) -> str:

@@ -177,6 +177,12 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
   return jax.jit(chunk, donate_argnums=(0, 1))
 
 
+def config_train_chunk(config: ml_collections.ConfigDict, num_steps: int, mesh: jax.sharding.Mesh):
+  """`make_train_chunk` of `num_steps` steps with the config's batch, augmentation and scan mode."""
+  unroll = unrolled(config, jax.default_backend())
+  return make_train_chunk(num_steps, config.batch_size, config.augment_max_shift, unroll, mesh)
+
+
 @contextlib.contextmanager
 def stop_requests():
   """Yields an event set by SIGTERM or SIGINT, so the loop can save and stop between chunks.
@@ -246,9 +252,7 @@ class _Run:
   def chunk_fn(self, n: int):
     """The compiled chunk of `n` steps (one per distinct chunk length)."""
     if n not in self.chunk_fns:
-      unroll = unrolled(self.config, jax.default_backend())
-      c = self.config
-      self.chunk_fns[n] = make_train_chunk(n, c.batch_size, c.augment_max_shift, unroll, self.mesh)
+      self.chunk_fns[n] = config_train_chunk(self.config, n, self.mesh)
     return self.chunk_fns[n]
 
 
