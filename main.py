@@ -60,25 +60,9 @@ _PROCESS_ID = flags.DEFINE_integer(
 )
 
 
-def _config_path() -> str:
-  """The --config file, without the optional `:argument` that ml_collections passes to get_config."""
-  return flags.FLAGS["config"].config_filename.split(":")[0]
-
-
-def load_config():
-  """The config with its `--config.x` overrides applied (ml_collections applies them lazily)."""
-  path = _config_path()
-  if not os.path.isfile(path):
-    _fail(f"config file {path} does not exist")
-  try:
-    return _CONFIG.value
-  except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
-    _fail(f"cannot load config {path}: {cli.one_line(e)}")
-
-
 def default_workdir() -> str:
   """workdirs/<config file name without .py>, beside main.py (git-ignored)."""
-  name = os.path.splitext(os.path.basename(_config_path()))[0]
+  name = os.path.splitext(os.path.basename(cli.config_file(flags.FLAGS["config"])))[0]
   return os.path.join(HERE, "workdirs", name)
 
 
@@ -121,11 +105,14 @@ def main(argv: list[str]) -> None:
   """Entry point after flag parsing."""
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = load_config()
+  config = cli.load_config(_CONFIG)
   if _WORKDIR.value == "":
     _fail("--workdir is empty; give a folder, or leave the flag out for workdirs/<config name>")
-  distributed = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value}
-  distributed["process_id"] = _PROCESS_ID.value
+  distributed = {
+    "coordinator_address": _COORDINATOR.value,
+    "num_processes": _NUM_PROCESSES.value,
+    "process_id": _PROCESS_ID.value,
+  }
   if _DISTRIBUTED.value or any(v is not None for v in distributed.values()):
     initialize_distributed(**distributed)
   workdir = _WORKDIR.value or default_workdir()

@@ -227,11 +227,7 @@ def main(argv: list[str]) -> None:
     raise UsageError("--config is required, e.g. --config=configs/default.py")
   if _TARGET.value is not None and not 0 < _TARGET.value <= 1:
     raise UsageError(f"--target={_TARGET.value} must be a test accuracy in (0, 1], e.g. 0.99")
-  try:
-    config = _CONFIG.value
-  except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
-    raise UsageError(f"cannot load config {flags.FLAGS['config'].config_filename}: {cli.one_line(e)}") from e
-  result = run(config, _REPEATS.value, _TARGET.value)
+  result = run(cli.load_config(_CONFIG), _REPEATS.value, _TARGET.value)
   print(table(result))
   if _JSON.value:
     try:

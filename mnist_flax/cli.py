@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 
 from mnist_flax import startup
@@ -23,6 +24,26 @@ def one_line(e: BaseException) -> str:
   if isinstance(e, AttributeError) and "get_config" in str(e):
     return "the config file has no get_config() function returning an ml_collections.ConfigDict"
   return " ".join(str(e).split()) or type(e).__name__
+
+
+def config_file(flag) -> str:
+  """A config-file flag's file, without the optional `:argument` that ml_collections passes to get_config."""
+  return flag.config_filename.split(":")[0]
+
+
+def load_config(holder) -> ml_collections.ConfigDict:
+  """The config of a `config_flags.DEFINE_config_file` flag, its `--config.x` overrides applied.
+
+  Raises:
+    UsageError: the file is missing, broken, or an override is bad (ml_collections applies them lazily).
+  """
+  path = config_file(flags.FLAGS[holder.name])
+  if not os.path.isfile(path):
+    raise UsageError(f"config file {path} does not exist")
+  try:
+    return holder.value
+  except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
+    raise UsageError(f"cannot load config {path}: {one_line(e)}") from e
 
 
 def fail(prog: str, message: str) -> NoReturn:
