@@ -487,12 +487,16 @@ def _resume(config: ml_collections.ConfigDict, workdir: str, spe: int, mesh: jax
   return manager, item, float(progress.get("elapsed_s", 0.0))
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits) -> dict[str, Any]:
-  """`train_and_evaluate` once the config is checked, the data loaded and the workdir held."""
+def _start(
+  config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits
+) -> tuple[_Run, TrainState, dict]:
+  """Restores (or initializes) the train item and opens the records: `(run, state, sums)` to go on from.
+
+  A checkpoint at the end of an epoch whose metrics.jsonl record was lost gets its record back.
+  """
   mesh = parallel.create_mesh()
   is_main = jax.process_index() == 0
   spe = len(data["train"]["label"]) // config.batch_size
-  total_steps = config.num_epochs * spe
   chunk_steps = steps_per_dispatch(config, spe, jax.default_backend())
   logging.info(
     "workdir %s; %d %s device(s) over %d process(es); %d steps per epoch, %d per dispatch.",
@@ -525,6 +529,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     record, _ = _epoch_record(run, state, sums, start_step // spe - 1, epoch_start=None)
     writer.write_record(record)
     logging.warning("metrics.jsonl had lost the record of step %d; rebuilt it from its checkpoint.", start_step)
+  return run, state, sums
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.Splits) -> dict[str, Any]:
+  """`train_and_evaluate` once the config is checked, the data loaded and the workdir held."""
+  run, state, sums = _start(config, workdir, data)
+  spe, writer, manager = run.steps_per_epoch, run.writer, run.manager
+  start_step, total_steps = int(state.step), config.num_epochs * run.steps_per_epoch
   if start_step >= total_steps:
     logging.info("Training already complete at step %d; nothing to do.", start_step)
     writer.close()
@@ -538,7 +550,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
       epoch_start = time.perf_counter()
       offset = start_step - epoch * spe if epoch == start_step // spe else 0
       if offset == 0:
-        sums = zero_sums(parallel.replicated(mesh))
+        sums = zero_sums(parallel.replicated(run.mesh))
       state, sums, save_due, preempted = _train_epoch(run, state, sums, epoch, offset, stop)
       record, test = _epoch_record(run, state, sums, epoch, epoch_start)
       writer.write_record(record)
@@ -550,7 +562,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
       if preempted and step < total_steps:
         writer.close()
         _stop(manager, step, stop)
-  if is_main:
+  if jax.process_index() == 0:
     _finish(workdir, data, test, total_steps, writer)
   writer.close()
   checkpoints.finish(manager)
