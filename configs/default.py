@@ -35,6 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Random translation of each training image by up to this many pixels.
   config.augment_max_shift = 2
   config.seed = 0
+  # Members trained side by side as one vmapped state (each its own initialisation and dropout
+  # keys, the same batches); evaluation reports each member and the ensemble (the mean of their
+  # class probabilities). member_learning_rates, if given, sweeps the schedule's peak instead:
+  # one rate per member, e.g. --config.ensemble_size=3 --config.member_learning_rates="(1e-3,3e-3,1e-2)".
+  config.ensemble_size = 1
+  config.member_learning_rates = ()
 
   # Train steps per host-to-device dispatch; 0 picks the backend's default
   # (about 16 unrolled steps on CPU, a rolled scan over the whole epoch on GPU/TPU).

@@ -40,14 +40,15 @@ def evaluate_checkpoint(checkpoint: inference.Checkpoint, test: dict[str, np.nda
   Returns:
     `step`, `test_loss`, `test_accuracy`, `test_count`, `per_class_accuracy`
     (list of 10), `confusion_matrix` (10 lists of 10 counts, rows = true label)
-    and `probabilities` (numpy [N, 10]).
+    and `probabilities` (numpy [N, 10]); for an ensemble these are the ensemble's, and
+    `members` lists each member's `test_loss` and `test_accuracy`.
   """
   batch_size = checkpoint.config.eval_batch_size
   if batch_size % checkpoint.mesh.size:
     raise UsageError(f"the run's eval_batch_size {batch_size} is not divisible by the {checkpoint.mesh.size} devices")
   result = evaluation.Evaluator(test, batch_size, checkpoint.mesh)(checkpoint.state)
   confusion = evaluation.confusion_matrix(test["label"], result["probabilities"].argmax(axis=1))
-  return {
+  evaluated = {
     "step": checkpoint.step,
     "test_loss": result["loss"],
     "test_accuracy": result["accuracy"],
@@ -56,6 +57,11 @@ def evaluate_checkpoint(checkpoint: inference.Checkpoint, test: dict[str, np.nda
     "confusion_matrix": confusion.tolist(),
     "probabilities": result["probabilities"],
   }
+  if "members" in result:
+    evaluated["members"] = [
+      {"member": i, "test_loss": m["loss"], "test_accuracy": m["accuracy"]} for i, m in enumerate(result["members"])
+    ]
+  return evaluated
 
 
 def format_report(workdir: str, r: dict[str, Any]) -> str:
@@ -63,7 +69,14 @@ def format_report(workdir: str, r: dict[str, Any]) -> str:
   confusion = np.asarray(r["confusion_matrix"])
   lines = [
     f"{workdir}: checkpoint at step {r['step']}, {r['test_count']:,} test images",
-    f"test loss {r['test_loss']:.6f}   test accuracy {100 * r['test_accuracy']:.2f}%",
+    f"test loss {r['test_loss']:.6f}   test accuracy {100 * r['test_accuracy']:.2f}%"
+    + (f"   (the ensemble of {len(r['members'])} members)" if r.get("members") else ""),
+  ]
+  for m in r.get("members", ()):
+    lines.append(
+      f"  member {m['member']}: test loss {m['test_loss']:.6f}   test accuracy {100 * m['test_accuracy']:.2f}%"
+    )
+  lines += [
     "",
     "class   images   correct   accuracy",
   ]

@@ -7,7 +7,7 @@ import numpy as np
 
 from mnist_flax import input_pipeline, parallel, steps
 from mnist_flax.models import NUM_CLASSES
-from mnist_flax.train_state import TrainState
+from mnist_flax.train_state import TrainState, is_ensemble
 
 
 def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
@@ -25,9 +25,11 @@ def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np
 def make_evaluate(mesh: jax.sharding.Mesh):
   """Compiles evaluation of a padded split shaped [num_batches, batch, ...] with a mask.
 
-  The returned function maps `(state, images, labels, mask)` to per-batch
-  `steps.eval_metrics` and the class probabilities [num_batches, batch, classes],
-  both replicated on every device.
+  The returned function maps `(state, images, labels, mask)` to per-batch `steps.eval_metrics`,
+  the class probabilities [num_batches, batch, classes] and, for a stacked ensemble state, each
+  member's per-batch metrics (leaves [num_batches, members]; empty otherwise), replicated on
+  every device. An ensemble's probabilities and metrics are those of the mean of its members'
+  probabilities.
   """
   sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
@@ -35,12 +37,17 @@ def make_evaluate(mesh: jax.sharding.Mesh):
   def evaluate(state, images, labels, mask):
     def one(batch):
       image, label, m = jax.lax.with_sharding_constraint(batch, sharding)
-      logits = state.apply_fn({"params": state.params}, input_pipeline.to_unit_float(image), train=False)
-      return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits)
+      x = input_pipeline.to_unit_float(image)
+      if not is_ensemble(state):
+        logits = state.apply_fn({"params": state.params}, x, train=False)
+        return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), {}
+      logits, members = steps.ensemble_logits(state.apply_fn, state.params, x)
+      per_member = jax.vmap(steps.eval_metrics, in_axes=(0, None, None))(members, label, m)
+      return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), per_member
 
     return jax.lax.map(one, (images, labels, mask))
 
-  return jax.jit(evaluate, out_shardings=(replicated, replicated))
+  return jax.jit(evaluate, out_shardings=replicated)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -80,10 +87,24 @@ class Evaluator:
     self._evaluate = make_evaluate(mesh)
 
   def __call__(self, state: TrainState) -> dict[str, Any]:
-    """Returns `loss`, `accuracy`, `count` and the `probabilities` [N, classes] (numpy) of `state`."""
-    per_batch, probabilities = jax.device_get(self._evaluate(state, *self._batches))
-    count = float(np.sum(per_batch["count"], dtype=np.float64))
-    loss = float(np.sum(per_batch["loss"].astype(np.float64) * per_batch["count"]) / count)
-    accuracy = float(np.sum(per_batch["correct"], dtype=np.float64) / count)
+    """Returns `loss`, `accuracy`, `count` and the `probabilities` [N, classes] (numpy) of `state`.
+
+    For a stacked ensemble state these are the ensemble's, and `members` lists each member's
+    `loss` and `accuracy`.
+    """
+    per_batch, probabilities, per_member = jax.device_get(self._evaluate(state, *self._batches))
+    loss, accuracy, count = _totals(per_batch)
     probabilities = np.asarray(probabilities).reshape(-1, probabilities.shape[-1])[: len(self.labels)]
-    return {"loss": loss, "accuracy": accuracy, "count": count, "probabilities": probabilities}
+    result = {"loss": float(loss), "accuracy": float(accuracy), "count": float(count), "probabilities": probabilities}
+    if per_member:
+      losses, accuracies, _ = _totals(per_member)
+      result["members"] = [{"loss": float(x), "accuracy": float(a)} for x, a in zip(losses, accuracies, strict=True)]
+    return result
+
+
+def _totals(per_batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Whole-split `(loss, accuracy, count)` from per-batch metrics [num_batches] (or [num_batches, members])."""
+  count = np.sum(per_batch["count"], axis=0, dtype=np.float64)
+  loss = np.sum(per_batch["loss"].astype(np.float64) * per_batch["count"], axis=0) / count
+  accuracy = np.sum(per_batch["correct"], axis=0, dtype=np.float64) / count
+  return loss, accuracy, count

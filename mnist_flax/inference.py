@@ -8,9 +8,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import checkpoints, compilation_cache, models, parallel, train, validation
+from mnist_flax import checkpoints, compilation_cache, models, parallel, steps, train, validation
 from mnist_flax.errors import UsageError
-from mnist_flax.train_state import TrainState
+from mnist_flax.train_state import TrainState, is_ensemble
 
 PREDICT_BATCH_SIZE = 256
 
@@ -82,7 +82,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
       raise UsageError(f"cannot restore the checkpoint {directory}/{step_name}: {str(e).splitlines()[0]}") from e
   finally:
     manager.close()
-  return Checkpoint(config=config, state=item["state"], step=int(item["state"].step), mesh=mesh)
+  return Checkpoint(config=config, state=item["state"], step=train.state_step(item["state"]), mesh=mesh)
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ def as_model_input(images: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-  """Class probabilities from a trained model, for batches of any size.
+  """Class probabilities from a trained model (or ensemble: the mean of its members'), for batches of any size.
 
   Inputs are padded to a fixed batch shape, so the model is compiled once
   whatever the number of images.
@@ -129,8 +129,12 @@ class Predictor:
     self._batch_sharding = parallel.batch_sharding(checkpoint.mesh)
     self.traces = 0
 
+    ensemble = is_ensemble(checkpoint.state)
+
     def probabilities(params, images):
       self.traces += 1
+      if ensemble:  # The mean of the members' probabilities.
+        return jax.nn.softmax(steps.ensemble_logits(model.apply, params, images)[0])
       return jax.nn.softmax(model.apply({"params": params}, images, train=False))
 
     self._probabilities = jax.jit(probabilities, out_shardings=parallel.replicated(checkpoint.mesh))

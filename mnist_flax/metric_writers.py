@@ -43,6 +43,8 @@ RECORD_TAGS = {
   "elapsed_s": "time/elapsed_s",
 }
 # TensorBoard tags of the per-chunk scalars, a finer curve than the per-epoch records.
+# An ensemble's record also lists each member's; TensorBoard shows them as member_<i>/<tag>.
+MEMBER_KEYS = ("learning_rate", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 CHUNK_TAGS = {
   "loss": "chunk/train_loss",
   "accuracy": "chunk/train_accuracy",
@@ -168,9 +170,16 @@ class LogWriter(MetricWriter):
     print(
       f"epoch {r['epoch']}/{self.num_epochs} step {r['step']}: train loss {r['train_loss']:.4f} "
       f"acc {100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:.2f}% | "
-      f"{took} ({r['elapsed_s']:.1f} s total)",
+      f"{took} ({r['elapsed_s']:.1f} s total){_members_line(r.get('members'))}",
       flush=True,
     )
+
+
+def _members_line(members: list | None) -> str:
+  if not members:
+    return ""
+  accuracies = [100 * m["test_accuracy"] for m in members]
+  return f" | {len(members)} members: test acc {min(accuracies):.2f}-{max(accuracies):.2f}%"
 
 
 class ProgressBar(MetricWriter):
@@ -313,6 +322,9 @@ class TensorBoardWriter(MetricWriter):
     for key, tag in RECORD_TAGS.items():
       if record.get(key) is not None:
         self._scalar(record["step"], tag, record[key])
+    for member in record.get("members", ()):
+      for key in MEMBER_KEYS:
+        self._scalar(record["step"], f"member_{member['member']}/{RECORD_TAGS[key]}", member[key])
 
   def write_image(self, step: int, tag: str, image: np.ndarray) -> None:  # noqa: D102
     from tensorboardX import summary

@@ -42,6 +42,32 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
+@jax.jit
+def ensemble_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  """`train_step` for every member of a stacked state (see `create_ensemble_state`), on the same batch.
+
+  Each member uses its own parameters, optimizer state and dropout keys; the metrics are [members].
+  """
+  return jax.vmap(train_step, in_axes=(0, None))(state, batch)
+
+
+def ensemble_logits(apply_fn: Any, params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The logits of stacked members (dropout off) and of their ensemble.
+
+  Args:
+    apply_fn: The model's apply function.
+    params: Parameters with a leading member axis.
+    images: Float images [B, 28, 28, 1].
+
+  Returns:
+    `(ensemble, members)`: the log of the mean of the members' class probabilities [B, classes]
+    (its softmax is that mean) and each member's logits [members, B, classes].
+  """
+  members = jax.vmap(lambda p: apply_fn({"params": p}, images, train=False))(params)
+  log_mean = jax.nn.logsumexp(jax.nn.log_softmax(members), axis=0) - jnp.log(members.shape[0])
+  return log_mean, members
+
+
 def eval_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> Metrics:
   """Loss and accuracy of `logits` against `labels`, counting only rows where `mask` is true.
 

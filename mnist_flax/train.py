@@ -39,7 +39,7 @@ from mnist_flax import (
   validation,
 )
 from mnist_flax.errors import UsageError
-from mnist_flax.train_state import TrainState, create_train_state
+from mnist_flax.train_state import TrainState, create_ensemble_state, is_ensemble
 
 PLOTS_DIR = "plots"
 # Steps per dispatch when config.steps_per_dispatch is 0. XLA:CPU runs an unrolled
@@ -125,9 +125,14 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
-def zero_sums(sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Per-epoch running sums of the train metrics, all zero."""
-  return jax.device_put({k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}, sharding)
+def zero_sums(sharding: jax.sharding.Sharding, shape: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+  """Per-epoch running sums of the train metrics, all zero; `shape` (members,) for an ensemble."""
+  return jax.device_put({k: jnp.zeros(shape, jnp.float32) for k in SUM_KEYS}, sharding)
+
+
+def state_step(state: TrainState) -> int:
+  """The step of a train state (every ensemble member is at the same step)."""
+  return int(np.ravel(jax.device_get(state.step))[0])
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -138,9 +143,9 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def init_train_item(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh: jax.sharding.Mesh) -> dict:
   """The checkpointed pytree at step 0: `{"state": TrainState, "sums": zero sums}`, replicated on `mesh`."""
-  init = functools.partial(create_train_state, config, steps_per_epoch=steps_per_epoch)
+  init = functools.partial(create_ensemble_state, config, steps_per_epoch=steps_per_epoch)
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(run_keys(config.seed)[0])
-  return {"state": state, "sums": zero_sums(parallel.replicated(mesh))}
+  return {"state": state, "sums": zero_sums(parallel.replicated(mesh), jnp.shape(state.step))}
 
 
 def abstract_train_item(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
@@ -166,9 +171,9 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
       idx = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch_size, batch_size)
       batch = {"image": input_pipeline.to_unit_float(images[idx]), "label": labels[idx]}
       batch = jax.lax.with_sharding_constraint(batch, sharding)
-      aug_rng = jax.random.fold_in(data_rng, state.step)
+      aug_rng = jax.random.fold_in(data_rng, jnp.ravel(state.step)[0])  # Members share the batch.
       batch["image"] = random_shift(aug_rng, batch["image"], max_shift)
-      state, metrics = steps.train_step(state, batch)
+      state, metrics = (steps.ensemble_train_step if is_ensemble(state) else steps.train_step)(state, batch)
       return (state, {k: sums[k] + metrics[k] for k in SUM_KEYS}), None
 
     (state, sums), _ = jax.lax.scan(body, (state, sums), jnp.arange(num_steps), unroll=num_steps if unroll else 1)
@@ -257,12 +262,15 @@ class _Run:
 
 
 def _chunk_scalars(before: dict, after: dict, n: int, done: int, run: _Run, step: int, rate: float) -> dict:
-  """The scalars of a chunk of `n` steps: its means, the epoch's running means (over `done` steps), lr, speed."""
+  """The scalars of a chunk of `n` steps: its means, the epoch's running means (over `done` steps), lr, speed.
+
+  Sums with a member axis (an ensemble) give the means over the members.
+  """
   return {
-    "loss": (float(after["loss"]) - float(before["loss"])) / n,
-    "accuracy": (float(after["accuracy"]) - float(before["accuracy"])) / n,
-    "running_loss": float(after["loss"]) / done,
-    "running_accuracy": float(after["accuracy"]) / done,
+    "loss": float(np.mean(after["loss"] - before["loss"])) / n,
+    "accuracy": float(np.mean(after["accuracy"] - before["accuracy"])) / n,
+    "running_loss": float(np.mean(after["loss"])) / done,
+    "running_accuracy": float(np.mean(after["accuracy"])) / done,
     "learning_rate": float(run.schedule(step - 1)),
     "images_per_s": rate,
   }
@@ -299,7 +307,7 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
     step = epoch * spe + first + n
     rate = throughput.update(n * c.batch_size)
     scalars = _chunk_scalars(before, after, n, first + n, run, step, rate)
-    _check(run, check_loss, scalars["loss"], step)
+    _check(run, check_loss, _healthiest(np.ravel(after["loss"] - before["loss"]) / n), step)
     run.writer.write_chunk(step, n, scalars)
     before = after
     # Several processes stop together through orbax's preemption sync, whose sync point is one past the
@@ -316,6 +324,12 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
   return state, sums, due, preempted
 
 
+def _healthiest(losses: np.ndarray) -> float:
+  """The lowest finite loss among the members (NaN if none is finite): a run stops when all diverge."""
+  finite = losses[np.isfinite(losses)]
+  return float(finite.min()) if finite.size else float("nan")
+
+
 @functools.cache
 def epoch_order_fn(mesh: jax.sharding.Mesh):
   """`epoch_order`, compiled with a replicated output on `mesh`."""
@@ -328,15 +342,15 @@ def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_st
   `epoch_start` None (a record rebuilt from a checkpoint) gives `epoch_s` None: unknown.
   """
   spe = run.steps_per_epoch
-  train = {k: float(v) / spe for k, v in jax.device_get(sums).items()}
+  train = {k: np.asarray(v, np.float64) / spe for k, v in jax.device_get(sums).items()}  # [] or [members]
   test = run.evaluator(state)
   step = (epoch + 1) * spe
   record = {
     "step": step,
     "epoch": epoch + 1,
-    "train_loss": train["loss"],
-    "train_accuracy": train["accuracy"],
-    "train_grad_norm": train["grad_norm"],
+    "train_loss": float(np.mean(train["loss"])),
+    "train_accuracy": float(np.mean(train["accuracy"])),
+    "train_grad_norm": float(np.mean(train["grad_norm"])),
     "learning_rate": float(run.schedule(step - 1)),
     "test_loss": test["loss"],
     "test_accuracy": test["accuracy"],
@@ -344,7 +358,28 @@ def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_st
     "epoch_s": None if epoch_start is None else time.perf_counter() - epoch_start,
     "elapsed_s": run.elapsed(),
   }
+  if "members" in test:
+    record["members"] = _member_records(run, train, test["members"], step)
   return record, test
+
+
+def _member_records(run: _Run, train: dict[str, np.ndarray], test: list[dict], step: int) -> list[dict]:
+  """One record per ensemble member: its peak learning rate's schedule, train and test metrics.
+
+  The epoch record's own train metrics are the members' means and its test metrics the ensemble's.
+  """
+  base = float(run.schedule(step - 1)) / run.config.learning_rate
+  return [
+    {
+      "member": i,
+      "learning_rate": base * peak,
+      "train_loss": float(train["loss"][i]),
+      "train_accuracy": float(train["accuracy"][i]),
+      "test_loss": t["loss"],
+      "test_accuracy": t["accuracy"],
+    }
+    for i, (peak, t) in enumerate(zip(train_state.member_learning_rates(run.config), test, strict=True))
+  ]
 
 
 def write_plots(workdir: str, data: input_pipeline.Splits, probabilities: np.ndarray) -> dict[str, str]:
@@ -479,7 +514,7 @@ def _resume(config: ml_collections.ConfigDict, workdir: str, spe: int, mesh: jax
   if restored is None:
     return manager, item, 0.0
   item, progress = restored
-  step = int(item["state"].step)
+  step = state_step(item["state"])
   logging.info("Resumed from the checkpoint at step %d.", step)
   old_epochs = (saved or {}).get("num_epochs", config.num_epochs)
   if isinstance(old_epochs, int) and old_epochs != config.num_epochs:
@@ -506,7 +541,7 @@ def _start(
     print(models.summary(models.create_model(config.model)), flush=True)
   manager, item, elapsed_before = _resume(config, workdir, spe, mesh, is_main)
   state, sums = item["state"], item["sums"]
-  start_step = int(state.step)
+  start_step = state_step(state)
   writer = metric_writers.create_default_writer(
     workdir, steps_per_epoch=spe, num_epochs=config.num_epochs, enabled=is_main
   )
@@ -536,7 +571,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
   """`train_and_evaluate` once the config is checked, the data loaded and the workdir held."""
   run, state, sums = _start(config, workdir, data)
   spe, writer, manager = run.steps_per_epoch, run.writer, run.manager
-  start_step, total_steps = int(state.step), config.num_epochs * run.steps_per_epoch
+  start_step, total_steps = state_step(state), config.num_epochs * run.steps_per_epoch
   if start_step >= total_steps:
     logging.info("Training already complete at step %d; nothing to do.", start_step)
     writer.close()
@@ -550,12 +585,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
       epoch_start = time.perf_counter()
       offset = start_step - epoch * spe if epoch == start_step // spe else 0
       if offset == 0:
-        sums = zero_sums(parallel.replicated(run.mesh))
+        sums = zero_sums(parallel.replicated(run.mesh), jnp.shape(state.step))
       state, sums, save_due, preempted = _train_epoch(run, state, sums, epoch, offset, stop)
       record, test = _epoch_record(run, state, sums, epoch, epoch_start)
       writer.write_record(record)
       if config.stop_at_chance:
-        _check(run, check_accuracy, record["test_accuracy"], record["epoch"])
+        best = max([record["test_accuracy"]] + [m["test_accuracy"] for m in record.get("members", [])])
+        _check(run, check_accuracy, best, record["epoch"])
       step = record["step"]
       if save_due or step == total_steps:
         run.save(step, state, sums)

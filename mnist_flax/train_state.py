@@ -50,9 +50,32 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
   return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps, total_steps, end_value)
 
 
+def member_learning_rates(config: ml_collections.ConfigDict) -> list[float]:
+  """The peak learning rate of each ensemble member.
+
+  `config.member_learning_rates` if given (a sweep), else `config.learning_rate` for all
+  `config.ensemble_size` members.
+  """
+  rates = tuple(config.get("member_learning_rates", ()))
+  return [float(r) for r in rates] if rates else [float(config.learning_rate)] * config.get("ensemble_size", 1)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam following `create_schedule`."""
-  return optax.adam(create_schedule(config, steps_per_epoch))
+  """Adam following `create_schedule`.
+
+  For a learning-rate sweep (`config.member_learning_rates`) the schedule's peak is a hyperparameter
+  held in the optimizer state (`optax.inject_hyperparams`, as `peak_learning_rate`), so that members
+  stacked in one vmapped state can each follow the schedule scaled to their own peak.
+  """
+  schedule = create_schedule(config, steps_per_epoch)
+  if not config.get("member_learning_rates"):
+    return optax.adam(schedule)
+  base = float(config.learning_rate)
+
+  def adam(peak_learning_rate: jax.Array) -> optax.GradientTransformation:
+    return optax.adam(lambda count: schedule(count) * (peak_learning_rate / base))
+
+  return optax.inject_hyperparams(adam)(peak_learning_rate=base)
 
 
 def create_train_state(
@@ -77,3 +100,38 @@ def create_train_state(
   return TrainState.create(
     apply_fn=model.apply, params=params, tx=create_optimizer(config, steps_per_epoch), rng=state_rng
   )
+
+
+def create_ensemble_state(
+  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None
+) -> TrainState:
+  """The run's train state: one model, or `config.ensemble_size` members stacked on a leading axis.
+
+  Members are created by `create_train_state` under `jax.vmap`, each from its own key (so its own
+  initialisation and dropout keys) and with its own peak learning rate in a sweep; every leaf,
+  `step` included, then has a leading axis of length `ensemble_size`. With one member (and no
+  sweep) this is exactly `create_train_state(config, rng, steps_per_epoch)`.
+
+  Args:
+    config: A run config (see `configs/default.py`).
+    rng: A raw PRNG key, split into one key per member.
+    steps_per_epoch: As for `create_train_state`.
+  """
+  rates = member_learning_rates(config)
+  sweep = bool(config.get("member_learning_rates"))
+
+  def member(key: jax.Array, rate: jax.Array) -> TrainState:
+    state = create_train_state(config, key, steps_per_epoch)
+    if not sweep:
+      return state
+    hyperparams = {**state.opt_state.hyperparams, "peak_learning_rate": rate}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+  if len(rates) == 1 and not sweep:
+    return create_train_state(config, rng, steps_per_epoch)
+  return jax.vmap(member)(jax.random.split(rng, len(rates)), jnp.asarray(rates, jnp.float32))
+
+
+def is_ensemble(state: TrainState) -> bool:
+  """Whether `state` holds ensemble members stacked on a leading axis (see `create_ensemble_state`)."""
+  return jnp.ndim(state.step) == 1

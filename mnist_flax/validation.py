@@ -26,6 +26,8 @@ RESUMABLE_CHANGES = frozenset(
   }
 )
 CONFIG_FILE = "config.json"
+# Fields added after the first release, with the value that runs made before them behaved as.
+ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": []}
 SCAN_MODES = ("auto", "unrolled", "rolled")
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
@@ -102,6 +104,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
       f"config.{name} {config[name]} is not divisible by the {device_count} devices; use a multiple of {device_count}",
     )
   _validate_model(config.model)
+  _validate_ensemble(config)
   _require(
     not config.data_dir or not os.path.exists(config.data_dir) or os.path.isdir(config.data_dir),
     f"config.data_dir {config.data_dir} is not a folder",
@@ -111,6 +114,27 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
       input_pipeline.check_manual_dir(config.manual_dir)
     except input_pipeline.DataError as e:
       raise ConfigError(f"config.{e}") from e
+
+
+# Ensemble members are trained side by side in one program: memory and time grow with their number.
+MAX_ENSEMBLE_SIZE = 64
+
+
+def _validate_ensemble(config: ml_collections.ConfigDict) -> None:
+  size, rates = config.get("ensemble_size", 1), config.get("member_learning_rates", ())
+  _require(
+    _is_int(size) and 1 <= size <= MAX_ENSEMBLE_SIZE,
+    f"config.ensemble_size must be an integer in [1, {MAX_ENSEMBLE_SIZE}], got {size!r}",
+  )
+  _require(
+    isinstance(rates, tuple | list) and all(_is_number(r) and r > 0 for r in rates),
+    f"config.member_learning_rates must be positive finite numbers, got {rates!r}",
+  )
+  _require(
+    not rates or len(rates) == size,
+    f"config.member_learning_rates has {len(rates)} rates for {size} ensemble members; give one per member "
+    f"(e.g. --config.ensemble_size={len(rates)})",
+  )
 
 
 def _validate_model(model_config: ml_collections.ConfigDict) -> None:
@@ -185,6 +209,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if saved is None:
     return
   current = json.loads(config.to_json())
+  saved = {**ADDED_FIELDS, **saved}
   differing = sorted(
     k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
   )

@@ -165,3 +165,16 @@ def tiny_run(mock_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train.train_and_evaluate(config, workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble_run(mock_data_dir, tmp_path_factory):
+  """A finished 2-epoch run of the tiny config with 2 ensemble members on mock data: its workdir."""
+  from configs import default
+  from mnist_flax import train
+
+  config = default.get_config()
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir, "ensemble_size": 2})
+  workdir = str(tmp_path_factory.mktemp("tiny_ensemble_run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir

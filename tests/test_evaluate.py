@@ -66,3 +66,16 @@ def test_prints_readable_tables(tiny_run):
 def test_bad_arguments_are_one_line_errors(tiny_run, tmp_path, args, message):
   args = [a.format(run=tiny_run, missing=os.path.join(tmp_path, "missing")) for a in args]
   assert_one_line_error(run_module("mnist_flax.evaluate", *args), PROG, message)
+
+
+def test_an_ensemble_reports_each_member_and_the_ensemble(tiny_ensemble_run):
+  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_ensemble_run}", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result.stdout)
+  last = read_records(tiny_ensemble_run)[-1]
+  assert got["test_accuracy"] == last["test_accuracy"] and got["test_loss"] == last["test_loss"]
+  assert [(m["member"], m["test_accuracy"], m["test_loss"]) for m in got["members"]] == [
+    (m["member"], m["test_accuracy"], m["test_loss"]) for m in last["members"]
+  ]
+  tables = run_module("mnist_flax.evaluate", f"--workdir={tiny_ensemble_run}")
+  assert "(the ensemble of 2 members)" in tables.stdout and "member 1: test loss" in tables.stdout

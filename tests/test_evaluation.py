@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import create_train_state, eval_step, evaluation, parallel
+from mnist_flax.train_state import create_ensemble_state
 
 
 def test_batched_with_mask_pads_the_remainder():
@@ -53,3 +54,28 @@ def test_evaluator_agrees_with_eval_step_and_counts_every_image_once(small_state
   assert probabilities.shape == (50, 10)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
   assert result["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == split["label"]))
+
+
+def test_an_ensemble_is_the_mean_of_its_members_probabilities(config):
+  config.model.features = (4,)
+  config.model.dense_features = (8,)
+  config.ensemble_size = 3
+  state = create_ensemble_state(config, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(1)
+  split = {
+    "image": rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
+    "label": rng.integers(0, 10, 30).astype(np.int32),
+  }
+  result = evaluation.Evaluator(split, 16, parallel.create_mesh())(state)
+  member_probabilities = []
+  for i, member in enumerate(result["members"]):
+    alone = jax.tree.map(lambda x, i=i: x[i], state)
+    direct = eval_step(alone, {"image": split["image"] / np.float32(255), "label": split["label"]})
+    assert member["accuracy"] == pytest.approx(float(direct["accuracy"]))
+    assert member["loss"] == pytest.approx(float(direct["loss"]), rel=1e-5)
+    logits = alone.apply_fn({"params": alone.params}, split["image"] / np.float32(255), train=False)
+    member_probabilities.append(jax.nn.softmax(logits))
+  mean = np.mean(member_probabilities, axis=0)
+  np.testing.assert_allclose(result["probabilities"], mean, rtol=1e-5, atol=1e-6)
+  assert result["accuracy"] == pytest.approx(np.mean(mean.argmax(axis=1) == split["label"]))
+  assert result["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(30), split["label"]])), rel=1e-5)

@@ -1,6 +1,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -97,3 +98,15 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
     inference.load_checkpoint(str(other))
   with pytest.raises(UsageError, match="cannot restore the checkpoint"):
     inference.load_checkpoint(str(other), inference.load_checkpoint(tiny_run).step)
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members(tiny_ensemble_run, mock_data_dir):
+  predictor = Predictor.from_workdir(tiny_ensemble_run)
+  images = np.random.default_rng(2).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+  state = predictor.checkpoint.state
+  x = images[..., None] / np.float32(255)
+  members = [
+    jax.nn.softmax(state.apply_fn({"params": jax.tree.map(lambda p, i=i: p[i], state.params)}, x, train=False))
+    for i in range(2)
+  ]
+  np.testing.assert_allclose(predictor(images), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)

@@ -78,8 +78,13 @@ def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_co
   assert again == final and read_records(workdir) == records
 
 
-def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch):
+SWEEP = {"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2)}
+
+
+@pytest.mark.parametrize("members", [{}, SWEEP], ids=["single", "sweep"])
+def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch, members):
   tiny_config.data_dir = mock_data_dir
+  tiny_config.update(members)
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(tiny_config, reference)
 
@@ -112,6 +117,11 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
   expected = scalars(reference)
   assert {"train/loss", "test/accuracy", "train/learning_rate", "chunk/train_loss"} <= set(expected)
   assert scalars(resumed) == expected
+  if members:  # A record and TensorBoard curves per member, each at its own learning rate.
+    last = read_records(reference)[-1]
+    assert [m["member"] for m in last["members"]] == [0, 1]
+    assert last["members"][1]["learning_rate"] == pytest.approx(10 * last["members"][0]["learning_rate"])
+    assert {"member_0/test/accuracy", "member_1/train/learning_rate"} <= set(expected)
 
 
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(

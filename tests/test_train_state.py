@@ -4,8 +4,9 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_flax import TrainState, create_train_state
-from mnist_flax.train_state import create_optimizer
+from mnist_flax import TrainState, create_train_state, train_step
+from mnist_flax.steps import ensemble_train_step
+from mnist_flax.train_state import create_ensemble_state, create_optimizer, is_ensemble, member_learning_rates
 
 
 def test_create_train_state_builds_adam_state(seed_config):
@@ -60,3 +61,47 @@ def test_constant_schedule_for_the_seed_recipe(seed_config):
   for _ in range(100):
     updates, state = tx.update({"w": jnp.ones(())}, state)
     assert -float(updates["w"]) == pytest.approx(1e-3, rel=1e-4)
+
+
+@pytest.fixture
+def small_config(config):
+  config.model.features = (4,)
+  config.model.dense_features = (8,)
+  return config
+
+
+def test_one_member_is_the_single_model(small_config):
+  single = create_train_state(small_config, jax.random.PRNGKey(3))
+  ensemble = create_ensemble_state(small_config, jax.random.PRNGKey(3))
+  assert not is_ensemble(ensemble)
+  for a, b in zip(jax.tree.leaves(ensemble), jax.tree.leaves(single), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_members_are_stacked_with_their_own_keys(small_config):
+  small_config.ensemble_size = 3
+  state = create_ensemble_state(small_config, jax.random.PRNGKey(3))
+  assert is_ensemble(state) and state.step.shape == (3,)
+  assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(state))
+  kernels = state.params["Dense_0"]["kernel"]
+  assert not np.array_equal(kernels[0], kernels[1]) and not np.array_equal(state.rng[0], state.rng[1])
+
+
+def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_config):
+  small_config.ensemble_size = 2
+  small_config.member_learning_rates = (1e-3, 3e-2)
+  state = create_ensemble_state(small_config, jax.random.PRNGKey(3), steps_per_epoch=4)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.random((8, 28, 28, 1)), jnp.float32), "label": jnp.asarray(rng.integers(0, 10, 8))}
+  for _ in range(3):
+    state, _ = ensemble_train_step(state, batch)
+  keys = jax.random.split(jax.random.PRNGKey(3), 2)
+  for i, rate in enumerate(small_config.member_learning_rates):
+    alone = small_config.copy_and_resolve_references()
+    alone.member_learning_rates, alone.ensemble_size, alone.learning_rate = (), 1, rate
+    single = create_train_state(alone, keys[i], steps_per_epoch=4)
+    for _ in range(3):
+      single, _ = train_step(single, batch)
+    member = jax.tree.map(lambda x, i=i: x[i], state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single.params)
+  assert member_learning_rates(small_config) == [1e-3, 3e-2]

@@ -37,6 +37,11 @@ def test_shipped_configs_are_valid(config, seed_config):
     ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
     ("augment_max_shift", 14, "augment_max_shift must be an integer"),
     ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
+    ("ensemble_size", 0, "ensemble_size must be an integer in"),
+    ("ensemble_size", 65, "ensemble_size must be an integer in"),
+    ("member_learning_rates", (1e-3, 0.0), "member_learning_rates must be positive finite numbers"),
+    ("member_learning_rates", (float("nan"),), "member_learning_rates must be positive finite numbers"),
+    ("member_learning_rates", (1e-3, 1e-2), "has 2 rates for 1 ensemble members"),
   ],
 )
 def test_bad_values_are_refused_in_one_line(config, field, value, message):
@@ -143,3 +148,13 @@ def test_a_data_dir_that_is_a_file_is_refused(config, tmp_path):
   config.data_dir = str(tmp_path / "file")
   with pytest.raises(ConfigError, match="config.data_dir .* is not a folder"):
     validation.validate_config(config)
+
+
+def test_a_run_from_before_ensembles_resumes(config, tmp_path):
+  saved = json.loads(config.to_json())
+  del saved["ensemble_size"], saved["member_learning_rates"]
+  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
+  validation.check_workdir(config, str(tmp_path))
+  config.ensemble_size = 2
+  with pytest.raises(ConfigError, match=r"different config \(ensemble_size\)"):
+    validation.check_workdir(config, str(tmp_path))
