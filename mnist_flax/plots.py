@@ -438,6 +438,14 @@ def figure_to_rgb(fig: Figure) -> np.ndarray:
   return np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3]
 
 
+def read_rgb(path: str) -> np.ndarray:
+  """A PNG written by `save`, as a uint8 [H, W, 3] RGB array (a saved plot for TensorBoard, not drawn twice)."""
+  from matplotlib import image
+
+  pixels = image.imread(path)  # float32 in [0, 1] for PNGs.
+  return np.round(pixels[..., :3] * 255).astype(np.uint8)
+
+
 def save(fig: Figure, path: str) -> str:
   """Writes a figure as a PNG atomically: a crash leaves the old file or none, never half of one.
 

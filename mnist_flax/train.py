@@ -414,8 +414,7 @@ def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, wr
 
   try:
     written = write_plots(workdir, data, test["probabilities"])
-    mistakes = plots.confident_mistakes(data["test"]["image"], data["test"]["label"], test["probabilities"])
-    writer.write_image(step, "test/most_confident_mistakes", plots.figure_to_rgb(mistakes))
+    writer.write_image(step, "test/most_confident_mistakes", plots.read_rgb(written["mistakes"]))
   except Exception as e:  # noqa: BLE001 - the trained model and its records are already safe.
     logging.warning("Could not write the plots: %s", e)
     return

@@ -222,3 +222,10 @@ def test_importing_plots_does_not_import_pyplot():
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "False"
+
+
+def test_read_rgb_gives_back_a_saved_figure(tmp_path):
+  fig = plots.confusion_matrix(np.eye(10, dtype=np.int64) * 5)
+  rgb = plots.read_rgb(plots.save(fig, str(tmp_path / "c.png")))
+  assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+  assert rgb.min() < 128 < rgb.max() and (rgb[0, 0] == 255).all()  # Dark cells on a white background.
