@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import checkpoints, compilation_cache, models, parallel, steps, train, validation
+from mnist_flax import checkpoints, compilation_cache, models, parallel, steps, train, train_state, validation
 from mnist_flax.errors import UsageError
 from mnist_flax.train_state import TrainState, is_ensemble
 
@@ -124,7 +124,7 @@ class Predictor:
     self.checkpoint = checkpoint
     devices = checkpoint.mesh.size
     self.batch_size = -(-batch_size // devices) * devices
-    model = models.create_model(checkpoint.config.model)
+    model = models.create_model(checkpoint.config.model, train_state.conv_impl(checkpoint.config))
     self._params = checkpoint.state.params
     self._batch_sharding = parallel.batch_sharding(checkpoint.mesh)
     self.traces = 0

@@ -70,3 +70,45 @@ def test_summary_lists_layers_shapes_and_total(seed_config):
   table = models.summary(models.create_model(seed_config.model))
   for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,26,26,32]", "[1,1600]", "225,034"):
     assert text in table
+
+
+def test_conv_has_the_parameters_of_flax_conv():
+  x = jnp.zeros((1, 9, 8, 3))
+  ours = jax.jit(models.Conv(5, 4, "SAME", "patches").init)(jax.random.PRNGKey(2), x)
+  reference = jax.jit(nn.Conv(5, (4, 4), padding="SAME").init)(jax.random.PRNGKey(2), x)
+  jax.tree.map(np.testing.assert_array_equal, ours, reference)
+
+
+@pytest.mark.parametrize("impl", ["patches", "xla"])
+@pytest.mark.parametrize("padding,kernel_size,channels", [("VALID", 3, 4), ("SAME", 4, 3), ("VALID", 5, 1)])
+def test_conv_matches_flax_conv_in_values_and_gradients(impl, padding, kernel_size, channels):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 8, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, channels, 5)), jnp.float32)
+  params = {"params": {"kernel": kernel, "bias": jnp.asarray(rng.normal(size=5), jnp.float32)}}
+  ours = models.Conv(5, kernel_size, padding, impl)
+  flax_conv = nn.Conv(5, (kernel_size, kernel_size), padding=padding)
+
+  def value_and_grads(module):
+    loss = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
+    return jax.jit(lambda p, x: (module.apply(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+  expected = value_and_grads(flax_conv)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), value_and_grads(ours), expected)
+
+
+def test_patches_are_ordered_as_a_flattened_kernel():
+  x = jnp.arange(2 * 4 * 5 * 3, dtype=jnp.float32).reshape(2, 4, 5, 3)
+  p = models.patches(x, 3)
+  assert p.shape == (2, 2, 3, 27)
+  np.testing.assert_array_equal(p[1, 1, 2].reshape(3, 3, 3), x[1, 1:4, 2:5, :])
+
+
+def test_the_cnn_is_the_same_function_with_patches(config):
+  model = models.create_model(config.model)
+  params = init(model)
+  images = jax.random.uniform(jax.random.PRNGKey(4), (3, 28, 28, 1))
+  apply = jax.jit(model.apply, static_argnames="train")
+  with_patches = jax.jit(models.create_model(config.model, "patches").apply, static_argnames="train")
+  expected = apply({"params": params}, images, train=False)
+  np.testing.assert_allclose(with_patches({"params": params}, images, train=False), expected, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,13 @@ import pytest
 
 from mnist_flax import TrainState, create_train_state, train_step
 from mnist_flax.steps import ensemble_train_step
-from mnist_flax.train_state import create_ensemble_state, create_optimizer, is_ensemble, member_learning_rates
+from mnist_flax.train_state import (
+  conv_impl,
+  create_ensemble_state,
+  create_optimizer,
+  is_ensemble,
+  member_learning_rates,
+)
 
 
 def test_create_train_state_builds_adam_state(seed_config):
@@ -105,3 +111,12 @@ def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_confi
     member = jax.tree.map(lambda x, i=i: x[i], state.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single.params)
   assert member_learning_rates(small_config) == [1e-3, 3e-2]
+
+
+def test_stacked_members_compute_convolutions_as_patches_on_cpu(small_config):
+  assert conv_impl(small_config) == "xla"
+  small_config.ensemble_size = 2
+  assert conv_impl(small_config) == ("patches" if jax.default_backend() == "cpu" else "xla")
+  assert create_ensemble_state(small_config, jax.random.PRNGKey(0)).apply_fn.__self__.conv_impl == conv_impl(
+    small_config
+  )

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import pytest
@@ -6,9 +7,11 @@ from mnist_flax import validation
 from mnist_flax.validation import ConfigError
 
 
-def test_shipped_configs_are_valid(config, seed_config):
-  validation.validate_config(config)
-  validation.validate_config(seed_config)
+@pytest.mark.parametrize("name", ["default", "keras_seed", "fast", "best"])
+def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
+  module = importlib.import_module(f"configs.{name}")
+  validation.validate_config(module.get_config())
+  assert f"python main.py --config=configs/{name}.py" in module.__doc__ and "Measured" in module.__doc__
 
 
 @pytest.mark.parametrize(
