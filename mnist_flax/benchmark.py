@@ -32,7 +32,17 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import cli, compilation_cache, evaluation, files, input_pipeline, parallel, train, validation
+from mnist_flax import (
+  cli,
+  compilation_cache,
+  evaluation,
+  files,
+  input_pipeline,
+  parallel,
+  train,
+  train_state,
+  validation,
+)
 from mnist_flax.errors import UsageError
 
 PROG = "python -m mnist_flax.benchmark"
@@ -140,6 +150,7 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     "batch_size": config.batch_size,
     "devices": jax.device_count(),
     "backend": jax.default_backend(),
+    "members": len(train_state.member_learning_rates(config)),
     "steps_per_epoch": spe,
     "test_images": len(evaluator.labels),
     "steps_per_chunk": chunk,
@@ -187,6 +198,7 @@ def table(result: dict[str, Any]) -> str:
   """The results as aligned `name  value  unit` lines."""
   rows = [
     ("devices", f"{result['devices']} {result['backend']}", ""),
+    ("models trained side by side (ensemble_size)", f"{result['members']}", ""),
     ("steps per epoch / per chunk", f"{result['steps_per_epoch']} / {result['steps_per_chunk']}", ""),
     ("compile: train chunk", f"{result['compile_s']:.2f}", "s"),
     ("compile: evaluation", f"{result['eval_compile_s']:.2f}", "s"),
