@@ -179,6 +179,8 @@ def _members_line(members: list | None) -> str:
   if not members:
     return ""
   accuracies = [100 * m["test_accuracy"] for m in members]
+  if len(members) == 1:
+    return f" | 1 member: test acc {accuracies[0]:.2f}%"
   return f" | {len(members)} members: test acc {min(accuracies):.2f}-{max(accuracies):.2f}%"
 
 

@@ -171,6 +171,16 @@ def test_log_line_reads_like_the_readme(capsys):
   )
 
 
+@pytest.mark.parametrize(
+  ("accuracies", "ending"),
+  [((0.99, 0.9912), " | 2 members: test acc 99.00-99.12%"), ((0.5,), " | 1 member: test acc 50.00%")],
+)
+def test_log_line_of_an_ensemble_ends_with_its_members(capsys, accuracies, ending):
+  members = [{"member": i, "test_accuracy": a} for i, a in enumerate(accuracies)]
+  metric_writers.LogWriter(num_epochs=15).write_record(record(20, members=members))
+  assert capsys.readouterr().out.endswith("(30.0 s total)" + ending + "\n")
+
+
 def test_only_the_first_process_writes(tmp_path):
   writer = metric_writers.create_default_writer(str(tmp_path), steps_per_epoch=10, num_epochs=1, enabled=False)
   writer.write_record(record(10))
