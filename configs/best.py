@@ -7,7 +7,10 @@ the mean of the members' class probabilities.
 Command:
   python main.py --config=configs/best.py
 
-Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8): see README ("Accuracy").
+Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8), seed 0, 2026-11-23: test
+accuracy 99.65 % for the ensemble, its members 99.49, 99.52, 99.55 and 99.60 %; 44 min 16 s for
+the whole command (155-194 s per epoch) while the CPU was shared with three default runs, so
+less alone. Short of 99.75 %: see README ("Accuracy").
 """
 
 import ml_collections
