@@ -131,14 +131,13 @@ def create_ensemble_state(
     rng: A raw PRNG key, split into one key per member.
     steps_per_epoch: As for `create_train_state`.
   """
-  rates = member_learning_rates(config)
-  sweep = bool(config.get("member_learning_rates"))
   if not stacked(config):
     return create_train_state(config, rng, steps_per_epoch)
+  rates, sweep = member_learning_rates(config), bool(config.get("member_learning_rates"))
 
   def member(key: jax.Array, rate: jax.Array) -> TrainState:
     state = create_train_state(config, key, steps_per_epoch)
-    if not sweep:
+    if not sweep:  # One rate for all: no hyperparameter in the optimizer state.
       return state
     hyperparams = {**state.opt_state.hyperparams, "peak_learning_rate": rate}
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
