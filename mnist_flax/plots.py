@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from mnist_flax import evaluation, files
@@ -24,6 +25,7 @@ TEST_COLOR = "#d62728"
 TITLE_SIZE = 14
 LABEL_SIZE = 11
 TILE_TITLE_SIZE = 9
+MARGIN = 0.12  # Inches of white around a figure's contents.
 # Digits are light on black in the data; the reversed gray map draws them black on white.
 IMAGE_CMAP = "gray_r"
 FILES = {
@@ -107,6 +109,11 @@ def mistake_order(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
   return wrong[np.argsort(-confidence, kind="stable")]
 
 
+def _padded_layout() -> ConstrainedLayoutEngine:
+  """A constrained layout with a margin around the figure, so that it is saved whole without a tight bounding box."""
+  return ConstrainedLayoutEngine(w_pad=MARGIN, h_pad=MARGIN)
+
+
 def _percent(p: float) -> str:
   """A probability as a whole percentage, rounded down so that only certainty reads 100%."""
   return f"{math.floor(100 * p + 1e-9):d}%"
@@ -123,16 +130,19 @@ def _grid_figure(rows: int, cols: int, title: str, tile_title_lines: int = 1) ->
   height = rows * (tile_width + title_space) + 0.6
   # About eight bold title characters fit in an inch; a longer title wraps instead of running past the tiles.
   title = textwrap.fill(title, int(8 * width))
-  title_height = 0.3 * (title.count("\n") + 1) + title_space + 0.1  # The title, then the first tiles' titles.
-  height += title_height - 0.4
+  # The margin, the title, then the first tiles' titles.
+  title_height = MARGIN + 0.3 * (title.count("\n") + 1) + title_space + 0.02
+  height += title_height - 0.4 + MARGIN
   # The tiles are uniform, so their spacing is set here: a constrained layout costs seconds for dozens of axes.
-  spacing = {"left": 0.01, "right": 0.99, "bottom": 0.01, "top": 1 - title_height / height, "wspace": 0.08}
+  x_margin = MARGIN / width
+  spacing = {"left": x_margin, "right": 1 - x_margin, "bottom": MARGIN / height, "top": 1 - title_height / height}
+  spacing["wspace"] = 0.08
   spacing["hspace"] = (title_space + 0.05) / (tile_width * 0.92)
   fig = Figure(figsize=(width, height), dpi=DPI)
   axes = np.asarray(fig.subplots(rows, cols, squeeze=False, gridspec_kw=spacing))
   for ax in axes.flat:
     ax.set_axis_off()
-  fig.suptitle(title, fontsize=TITLE_SIZE, fontweight="bold", y=1 - 0.08 / height, va="top")
+  fig.suptitle(title, fontsize=TITLE_SIZE, fontweight="bold", y=1 - MARGIN / height, va="top")
   return fig, axes
 
 
@@ -231,7 +241,7 @@ def confident_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np
     raise ValueError(f"count must be positive, got {count}")
   order = mistake_order(labels, probabilities)
   if order.size == 0:
-    fig = Figure(figsize=(8, 3), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(8, 3), dpi=DPI, layout=_padded_layout())
     ax = fig.subplots()
     ax.set_axis_off()
     fig.suptitle("Most confident mistakes", fontsize=TITLE_SIZE, fontweight="bold")
@@ -302,7 +312,7 @@ def learning_curves(records: list[dict[str, Any]]) -> Figure:
   """
   ordered = _ordered_records(records)
 
-  fig = Figure(figsize=(11, 3.9), dpi=DPI, layout="constrained")
+  fig = Figure(figsize=(11, 3.9), dpi=DPI, layout=_padded_layout())
   loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
   n = len(ordered)
   counted = f"{n} epoch{'s' if n != 1 else ''}" if n else "no epochs recorded yet"
@@ -391,7 +401,7 @@ def confusion_matrix(matrix: np.ndarray) -> Figure:
   # The smallest share sits a little above the bottom of the scale, so that a single mistake is tinted.
   vmin = min(positive.min(), 0.01) / 1.5 if positive.size else 1e-3
 
-  fig = Figure(figsize=(8.2, 7), dpi=DPI, layout="constrained")
+  fig = Figure(figsize=(8.2, 7), dpi=DPI, layout=_padded_layout())
   ax = fig.subplots()
   cmap = matplotlib.colormaps["Blues"].resampled(256)
   cmap = ListedColormap(cmap(np.linspace(0.22, 1.0, 256))).with_extremes(bad="white")
@@ -467,7 +477,8 @@ def save(fig: Figure, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with files.atomic_write(path, "wb") as f:
     FigureCanvasAgg(fig)  # Agg renders PNGs with no display.
-    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, facecolor="white")
+    # Every figure is laid out to fit its size, so it is drawn once: a tight bounding box would draw it twice.
+    fig.savefig(f, format="png", dpi=DPI, facecolor="white")
   return path
 
 
