@@ -86,9 +86,13 @@ def stacked(config: ml_collections.ConfigDict) -> bool:
 def conv_impl(config: ml_collections.ConfigDict) -> str:
   """How the config's model computes its convolutions (`models.Conv`'s `impl`).
 
-  Matrix products of patches for stacked members on CPU (vmapped XLA convolutions run there as
-  grouped convolutions, about 3x slower for the default CNN), XLA's convolutions otherwise.
+  `config.conv_impl` if it names one; for "auto" (or a config from before the field), matrix products
+  of patches for stacked members on CPU (vmapped XLA convolutions run there as grouped convolutions,
+  about 3x slower for the default CNN) and XLA's convolutions otherwise.
   """
+  impl = config.get("conv_impl", "auto")
+  if impl != "auto":
+    return impl
   return "patches" if stacked(config) and jax.default_backend() == "cpu" else "xla"
 
 

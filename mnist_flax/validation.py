@@ -17,6 +17,7 @@ RESUMABLE_CHANGES = frozenset(
     "num_epochs",
     "steps_per_dispatch",
     "scan",
+    "conv_impl",
     "checkpoint_every_steps",
     "keep_checkpoints",
     "data_dir",
@@ -29,6 +30,7 @@ CONFIG_FILE = "config.json"
 # Fields added after the first release, with the value that runs made before them behaved as.
 ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": []}
 SCAN_MODES = ("auto", "unrolled", "rolled")
+CONV_IMPLS = ("auto", "xla", "patches")
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
 
@@ -68,6 +70,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
   )
   _require(
     config.scan in SCAN_MODES, f"config.scan must be one of {', '.join(map(repr, SCAN_MODES))}, got {config.scan!r}"
+  )
+  conv_impl = config.get("conv_impl", "auto")
+  _require(
+    conv_impl in CONV_IMPLS,
+    f"config.conv_impl must be one of {', '.join(map(repr, CONV_IMPLS))}, got {conv_impl!r}",
   )
   _require(
     _is_int(config.seed) and 0 <= config.seed <= MAX_SEED,

@@ -40,6 +40,7 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
     ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
     ("augment_max_shift", 14, "augment_max_shift must be an integer"),
     ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
+    ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches'"),
     ("ensemble_size", 0, "ensemble_size must be an integer in"),
     ("ensemble_size", 65, "ensemble_size must be an integer in"),
     ("member_learning_rates", (1e-3, 0.0), "member_learning_rates must be positive finite numbers"),
@@ -110,6 +111,7 @@ def test_workdir_checks(config, tmp_path):
   (tmp_path / validation.CONFIG_FILE).write_text(config.to_json())
   validation.check_workdir(config, str(tmp_path))
   config.num_epochs = 50  # Resumable: a run may be extended.
+  config.conv_impl = "patches"  # Resumable: the same parameters, computed another way.
   validation.check_workdir(config, str(tmp_path))
   config.batch_size = 64
   config.model.features = (8,)
