@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.final_learning_rate_factor = 0.01
   # Random translation of each training image by up to this many pixels.
   config.augment_max_shift = 2
+  # Random rotation by up to this many degrees either way, and scaling by a factor in
+  # [1 - augment_max_scale, 1 + augment_max_scale], applied before the shift (0 = none).
+  config.augment_max_rotation = 0.0
+  config.augment_max_scale = 0.0
   config.seed = 0
   # Members trained side by side as one vmapped state (each its own initialisation and dropout
   # keys, the same batches); evaluation reports each member and the ensemble (the mean of their

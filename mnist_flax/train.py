@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from mnist_flax import (
+  augment,
   checkpoints,
   compilation_cache,
   evaluation,
@@ -114,17 +115,6 @@ def epoch_order(data_rng: jax.Array, epoch: int, num_examples: int) -> jax.Array
   return jax.random.permutation(jax.random.fold_in(data_rng, epoch), num_examples)
 
 
-def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
-  """Translates each image by up to `max_shift` pixels in each direction, filling with zeros."""
-  if max_shift == 0:
-    return images
-  b, h, w, _ = images.shape
-  shifts = jax.random.randint(rng, (b, 2), 0, 2 * max_shift + 1)
-  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-  crop = lambda img, s: jax.lax.dynamic_slice(img, (s[0], s[1], 0), (h, w, img.shape[-1]))  # noqa: E731
-  return jax.vmap(crop)(padded, shifts)
-
-
 def zero_sums(sharding: jax.sharding.Sharding, shape: tuple[int, ...] = ()) -> dict[str, jax.Array]:
   """Per-epoch running sums of the train metrics, all zero; `shape` (members,) for an ensemble."""
   return jax.device_put({k: jnp.zeros(shape, jnp.float32) for k in SUM_KEYS}, sharding)
@@ -156,7 +146,9 @@ def abstract_train_item(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), item)
 
 
-def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bool, mesh: jax.sharding.Mesh):
+def make_train_chunk(
+  num_steps: int, batch_size: int, augmentation: augment.Augmentation, unroll: bool, mesh: jax.sharding.Mesh
+):
   """Compiles `num_steps` train steps over device-resident data into one call.
 
   The returned function maps `(state, sums, images, labels, order, first, data_rng)`
@@ -172,7 +164,7 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
       batch = {"image": input_pipeline.to_unit_float(images[idx]), "label": labels[idx]}
       batch = jax.lax.with_sharding_constraint(batch, sharding)
       aug_rng = jax.random.fold_in(data_rng, jnp.ravel(state.step)[0])  # Members share the batch.
-      batch["image"] = random_shift(aug_rng, batch["image"], max_shift)
+      batch["image"] = augmentation(aug_rng, batch["image"])
       state, metrics = (steps.ensemble_train_step if is_ensemble(state) else steps.train_step)(state, batch)
       return (state, {k: sums[k] + metrics[k] for k in SUM_KEYS}), None
 
@@ -185,7 +177,7 @@ def make_train_chunk(num_steps: int, batch_size: int, max_shift: int, unroll: bo
 def config_train_chunk(config: ml_collections.ConfigDict, num_steps: int, mesh: jax.sharding.Mesh):
   """`make_train_chunk` of `num_steps` steps with the config's batch, augmentation and scan mode."""
   unroll = unrolled(config, jax.default_backend())
-  return make_train_chunk(num_steps, config.batch_size, config.augment_max_shift, unroll, mesh)
+  return make_train_chunk(num_steps, config.batch_size, augment.Augmentation.from_config(config), unroll, mesh)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 CONFIG_FILE = "config.json"
 # Fields added after the first release, with the value that runs made before them behaved as.
-ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": []}
+ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": [], "augment_max_rotation": 0.0, "augment_max_scale": 0.0}
 SCAN_MODES = ("auto", "unrolled", "rolled")
 CONV_IMPLS = ("auto", "xla", "patches")
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
@@ -94,6 +94,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _is_int(config.augment_max_shift) and 0 <= config.augment_max_shift < 14,
     f"config.augment_max_shift must be an integer in [0, 13], got {config.augment_max_shift!r}",
   )
+  rotation, scale = config.get("augment_max_rotation", 0.0), config.get("augment_max_scale", 0.0)
+  _require(
+    _is_number(rotation) and 0 <= rotation <= 180,
+    f"config.augment_max_rotation must be a number of degrees in [0, 180], got {rotation!r}",
+  )
+  _require(_is_number(scale) and 0 <= scale < 1, f"config.augment_max_scale must be a number in [0, 1), got {scale!r}")
   train_size, test_size = input_pipeline.SPLIT_SIZES["train"], input_pipeline.SPLIT_SIZES["test"]
   _require(
     config.batch_size <= train_size,

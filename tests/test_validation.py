@@ -39,6 +39,9 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
     ("warmup_epochs", -1.0, "warmup_epochs must be a non-negative finite number"),
     ("final_learning_rate_factor", 2.0, "final_learning_rate_factor must be in"),
     ("augment_max_shift", 14, "augment_max_shift must be an integer"),
+    ("augment_max_rotation", -1.0, "augment_max_rotation must be a number of degrees in"),
+    ("augment_max_rotation", float("inf"), "augment_max_rotation must be a number of degrees in"),
+    ("augment_max_scale", 1.0, "augment_max_scale must be a number in"),
     ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
     ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches'"),
     ("ensemble_size", 0, "ensemble_size must be an integer in"),
@@ -155,11 +158,12 @@ def test_a_data_dir_that_is_a_file_is_refused(config, tmp_path):
     validation.validate_config(config)
 
 
-def test_a_run_from_before_ensembles_resumes(config, tmp_path):
+def test_a_run_from_before_the_added_fields_resumes(config, tmp_path):
   saved = json.loads(config.to_json())
-  del saved["ensemble_size"], saved["member_learning_rates"]
+  for name in validation.ADDED_FIELDS:
+    del saved[name]
   (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
   validation.check_workdir(config, str(tmp_path))
-  config.ensemble_size = 2
-  with pytest.raises(ConfigError, match=r"different config \(ensemble_size\)"):
+  config.ensemble_size, config.augment_max_rotation = 2, 10.0
+  with pytest.raises(ConfigError, match=r"different config \(augment_max_rotation, ensemble_size\)"):
     validation.check_workdir(config, str(tmp_path))
