@@ -10,7 +10,9 @@ jax/XLA version and the compile options. Delete the folder to reclaim its space.
 """
 
 import contextlib
+import math
 import os
+import time
 
 import jax
 from absl import logging
@@ -18,6 +20,10 @@ from jax.experimental.compilation_cache import compilation_cache
 
 # Programs that compile faster than this are not worth a disk entry.
 MIN_COMPILE_S = 0.1
+# Marks when the entries were last checked for damage; entries older than it are not read again.
+CHECKED_MARKER = ".checked"
+# Entries this much older than the last check are read again too (coarse file-system clocks).
+MTIME_SLACK_S = 2.0
 
 
 def use(path: str) -> str | None:
@@ -52,23 +58,35 @@ def _drop_unreadable_entries(folder: str) -> None:
 
   JAX writes entries in place and never replaces one, so a damaged entry would otherwise be
   reported and compiled again on every run. Entries are only compiled programs: nothing is lost.
+  Only entries written since the folder was last checked are read (the time of that check is
+  the modification time of `CHECKED_MARKER`), so a large cache costs nothing at each start.
   """
   try:
     from jax._src.compilation_cache import decompress_executable  # JAX's own entry format.
   except ImportError:  # Another JAX: leave the entries to JAX.
     return
+  marker = os.path.join(folder, CHECKED_MARKER)
+  started = time.time()
+  try:
+    since = os.stat(marker).st_mtime - MTIME_SLACK_S
+  except OSError:
+    since = -math.inf
   dropped = []
-  for name in os.listdir(folder):
-    path = os.path.join(folder, name)
-    if not name.endswith("-cache") or not os.path.isfile(path):
-      continue
-    try:
-      with open(path, "rb") as f:
-        decompress_executable(f.read())
-    except Exception:  # noqa: BLE001 - any failure to read or decompress means JAX cannot use it.
-      with contextlib.suppress(OSError):
-        os.remove(path)
-        dropped.append(name)
+  with os.scandir(folder) as entries:
+    for entry in entries:
+      try:
+        if not entry.name.endswith("-cache") or not entry.is_file() or entry.stat().st_mtime < since:
+          continue
+        with open(entry.path, "rb") as f:
+          decompress_executable(f.read())
+      except Exception:  # noqa: BLE001 - any failure to read or decompress means JAX cannot use it.
+        with contextlib.suppress(OSError):
+          os.remove(entry.path)
+          dropped.append(entry.name)
+  with contextlib.suppress(OSError):
+    with open(marker, "a"):
+      pass
+    os.utime(marker, (started, started))
   if dropped:
     logging.warning(
       "Removed %d damaged entr%s from the compilation cache %s.",

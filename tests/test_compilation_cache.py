@@ -35,7 +35,7 @@ def test_a_second_compilation_of_the_same_program_is_read_from_disk(tmp_path, mo
   x = jnp.ones((8, 8))
   first = jax.jit(program)(x)
   entries = sorted(os.listdir(tmp_path / "cache"))
-  assert entries and "/jax/compilation_cache/cache_hits" not in events
+  assert any(name.endswith("-cache") for name in entries) and "/jax/compilation_cache/cache_hits" not in events
   jax.clear_caches()  # As a new process would start: nothing compiled in memory.
   second = jax.jit(program)(x)
   assert "/jax/compilation_cache/cache_hits" in events
@@ -63,7 +63,7 @@ def test_damaged_entries_are_removed_and_compiled_again(tmp_path, monkeypatch):
   compilation_cache.use(folder)
   x = jnp.ones((8, 8))
   expected = jax.jit(program)(x)
-  entries = sorted(os.listdir(folder))
+  entries = sorted(name for name in os.listdir(folder) if name.endswith("-cache"))
   for name in entries:  # As a process killed while writing them would leave them.
     with open(os.path.join(folder, name), "r+b") as f:
       f.truncate(20)
@@ -72,6 +72,23 @@ def test_damaged_entries_are_removed_and_compiled_again(tmp_path, monkeypatch):
   with mock.patch.object(compilation_cache.logging, "warning") as warning:
     compilation_cache.use(folder)
   assert f"Removed {len(entries)} damaged entries" in warning.call_args.args[0] % warning.call_args.args[1:]
-  assert os.listdir(folder) == []
+  assert os.listdir(folder) == [compilation_cache.CHECKED_MARKER]
   assert jnp.array_equal(jax.jit(program)(x), expected)
   assert any(name.startswith("jit_program-") for name in os.listdir(folder))  # Written anew.
+
+
+def test_only_entries_written_since_the_last_check_are_read(tmp_path, monkeypatch):
+  folder = tmp_path / "cache"
+  folder.mkdir()
+  old, new = folder / "old-cache", folder / "new-cache"
+  old.write_bytes(b"damaged long ago")
+  (folder / compilation_cache.CHECKED_MARKER).touch()
+  new.write_bytes(b"damaged since")
+  checked = os.stat(folder / compilation_cache.CHECKED_MARKER).st_mtime
+  os.utime(old, (checked - 10, checked - 10))
+  os.utime(new, (checked + 10, checked + 10))
+  with mock.patch.object(compilation_cache.logging, "warning") as warning:
+    compilation_cache.use(str(folder))
+  assert "Removed 1 damaged entry" in warning.call_args.args[0] % warning.call_args.args[1:]
+  assert sorted(os.listdir(folder)) == [compilation_cache.CHECKED_MARKER, "old-cache"]
+  assert os.stat(folder / compilation_cache.CHECKED_MARKER).st_mtime > checked
