@@ -30,7 +30,7 @@ CONFIG_FILE = "config.json"
 # Fields added after the first release, with the value that runs made before them behaved as.
 ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": [], "augment_max_rotation": 0.0, "augment_max_scale": 0.0}
 SCAN_MODES = ("auto", "unrolled", "rolled")
-CONV_IMPLS = ("auto", "xla", "patches")
+CONV_IMPLS = ("auto", *models.CONV_IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
 

@@ -79,7 +79,7 @@ def test_conv_has_the_parameters_of_flax_conv():
   jax.tree.map(np.testing.assert_array_equal, ours, reference)
 
 
-@pytest.mark.parametrize("impl", ["patches", "xla"])
+@pytest.mark.parametrize("impl", models.CONV_IMPLS)
 @pytest.mark.parametrize("padding,kernel_size,channels", [("VALID", 3, 4), ("SAME", 4, 3), ("VALID", 5, 1)])
 def test_conv_matches_flax_conv_in_values_and_gradients(impl, padding, kernel_size, channels):
   rng = np.random.default_rng(0)
@@ -104,11 +104,16 @@ def test_patches_are_ordered_as_a_flattened_kernel():
   np.testing.assert_array_equal(p[1, 1, 2].reshape(3, 3, 3), x[1, 1:4, 2:5, :])
 
 
-def test_the_cnn_is_the_same_function_with_patches(config):
-  model = models.create_model(config.model)
+@pytest.mark.parametrize("impl", ["patches", "patch_grad"])
+def test_the_cnn_is_the_same_function_with_its_gradients(config, impl):
+  model, other = models.create_model(config.model), models.create_model(config.model, impl)
   params = init(model)
   images = jax.random.uniform(jax.random.PRNGKey(4), (3, 28, 28, 1))
-  apply = jax.jit(model.apply, static_argnames="train")
-  with_patches = jax.jit(models.create_model(config.model, "patches").apply, static_argnames="train")
-  expected = apply({"params": params}, images, train=False)
-  np.testing.assert_allclose(with_patches({"params": params}, images, train=False), expected, rtol=1e-4, atol=1e-5)
+
+  def value_and_grad(m):
+    loss = lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, images, train=False)))  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), value_and_grad(other), value_and_grad(model)
+  )

@@ -122,7 +122,7 @@ def test_stacked_members_compute_convolutions_as_patches_on_cpu(small_config):
   )
 
 
-@pytest.mark.parametrize("impl", ["xla", "patches"])
+@pytest.mark.parametrize("impl", ["xla", "patches", "patch_grad"])
 @pytest.mark.parametrize("ensemble_size", [1, 2])
 def test_a_named_conv_impl_is_used_for_single_models_and_members(small_config, impl, ensemble_size):
   small_config.conv_impl, small_config.ensemble_size = impl, ensemble_size

@@ -43,7 +43,7 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
     ("augment_max_rotation", float("inf"), "augment_max_rotation must be a number of degrees in"),
     ("augment_max_scale", 1.0, "augment_max_scale must be a number in"),
     ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
-    ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches'"),
+    ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches', 'patch_grad'"),
     ("ensemble_size", 0, "ensemble_size must be an integer in"),
     ("ensemble_size", 65, "ensemble_size must be an integer in"),
     ("member_learning_rates", (1e-3, 0.0), "member_learning_rates must be positive finite numbers"),
