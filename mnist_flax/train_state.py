@@ -87,13 +87,14 @@ def conv_impl(config: ml_collections.ConfigDict) -> str:
   """How the config's model computes its convolutions (`models.Conv`'s `impl`).
 
   `config.conv_impl` if it names one; for "auto" (or a config from before the field), matrix products
-  of patches for stacked members on CPU (vmapped XLA convolutions run there as grouped convolutions,
-  about 3x slower for the default CNN) and XLA's convolutions otherwise.
+  of patches on CPU and XLA's convolutions on GPU and TPU. On XLA:CPU the patch products train the
+  default CNN about 20 % faster, and stacked ensemble members about 3.5x faster (vmapped XLA
+  convolutions run there as grouped convolutions).
   """
   impl = config.get("conv_impl", "auto")
   if impl != "auto":
     return impl
-  return "patches" if stacked(config) and jax.default_backend() == "cpu" else "xla"
+  return "patches" if jax.default_backend() == "cpu" else "xla"
 
 
 def create_train_state(

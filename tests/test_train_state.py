@@ -113,9 +113,12 @@ def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_confi
   assert member_learning_rates(small_config) == [1e-3, 3e-2]
 
 
-def test_stacked_members_compute_convolutions_as_patches_on_cpu(small_config):
-  assert conv_impl(small_config) == "xla"
-  small_config.ensemble_size = 2
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+def test_auto_computes_convolutions_as_patches_on_cpu(small_config, ensemble_size):
+  small_config.ensemble_size = ensemble_size
+  assert small_config.conv_impl == "auto"
+  assert conv_impl(small_config) == ("patches" if jax.default_backend() == "cpu" else "xla")
+  del small_config["conv_impl"]  # A config from before the field.
   assert conv_impl(small_config) == ("patches" if jax.default_backend() == "cpu" else "xla")
   assert create_ensemble_state(small_config, jax.random.PRNGKey(0)).apply_fn.__self__.conv_impl == conv_impl(
     small_config
