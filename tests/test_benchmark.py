@@ -26,6 +26,18 @@ def test_the_figures_are_measured_and_consistent(result, tiny_config):
   assert result["fraction_of_peak"] == pytest.approx(result["achieved_flop_s"] / result["matmul_peak_flop_s"])
 
 
+@pytest.mark.parametrize("scan", ["rolled", "unrolled"])
+def test_flops_per_step_are_those_of_an_unrolled_chunk_over_its_length(tiny_config, mock_data_dir, scan):
+  from mnist_flax import input_pipeline, train
+
+  tiny_config.data_dir, tiny_config.scan = mock_data_dir, scan
+  setup = benchmark._Setup(tiny_config, input_pipeline.load_mnist(mock_data_dir))  # noqa: SLF001
+  tiny_config.scan = "unrolled"
+  chunk = train.config_train_chunk(tiny_config, setup.chunk, setup.mesh)
+  unrolled = chunk.lower(*setup.fresh(), *setup.chunk_args(setup.order(0), 0)).compile()
+  assert setup.step_flops() == pytest.approx(benchmark.compiled_flops(unrolled) / setup.chunk, rel=0.05)
+
+
 def test_time_to_a_target_accuracy(result):
   assert result["target_reached"] and result["target_epochs"] == 1 and result["target_accuracy"] >= 0.05
   assert result["target_s"] > 0
