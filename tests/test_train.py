@@ -179,17 +179,28 @@ def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
   assert args[0] == tiny_config.steps_per_dispatch and args[3] is False  # One rolled scan over the epoch.
   assert fn._cache_size() == 1  # noqa: SLF001 - compiled once for both epochs.
 
-  unrolled = read_records(tiny_run)[-1]  # The same config unrolled in chunks of 3 steps on CPU.
-  assert rolled["train_loss"] == pytest.approx(unrolled["train_loss"], rel=1e-4)
-  assert rolled["test_loss"] == pytest.approx(unrolled["test_loss"], rel=1e-4)
+  chunked = read_records(tiny_run)[-1]  # The same config in rolled chunks of 3 steps.
+  assert rolled["train_loss"] == pytest.approx(chunked["train_loss"], rel=1e-4)
+  assert rolled["test_loss"] == pytest.approx(chunked["test_loss"], rel=1e-4)
+
+
+def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_run, tmp_path, monkeypatch):
+  tiny_config.data_dir, tiny_config.scan = mock_data_dir, "unrolled"
+  made, real = [], train.make_train_chunk
+  monkeypatch.setattr(train, "make_train_chunk", lambda *args: made.append(args) or real(*args))
+  unrolled = train.train_and_evaluate(tiny_config, str(tmp_path / "unrolled"))
+  assert made and all(args[3] is True for args in made)
+  rolled = read_records(tiny_run)[-1]
+  assert unrolled["train_loss"] == pytest.approx(rolled["train_loss"], rel=1e-4)
+  assert unrolled["test_loss"] == pytest.approx(rolled["test_loss"], rel=1e-4)
 
 
 def test_scan_modes(config):
-  assert train.unrolled(config, "cpu") and not train.unrolled(config, "gpu") and not train.unrolled(config, "tpu")
+  assert config.scan == "auto" and not train.unrolled(config)
   config.scan = "rolled"
-  assert not train.unrolled(config, "cpu")
+  assert not train.unrolled(config)
   config.scan = "unrolled"
-  assert train.unrolled(config, "tpu")
+  assert train.unrolled(config)
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
