@@ -8,7 +8,7 @@ Command:
 Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8), data prepared, 2026-11-23,
 current code (patch convolutions, rolled chunks): test accuracy over seeds 0, 1, 2: median 99.02 %
 (98.99-99.15 %); whole command with the compilation cache warm, two rounds: 31.8, 32.1, 31.9 s and
-31.3, 32.1, 29.7 s (epochs 6.6-8.8 s). The machine was slower than in an earlier session (this
+31.3, 32.1, 29.7 s (epochs 6.6-8.8 s). The machine was slower than earlier that day (this
 network's step with XLA's convolution: 14-18 ms against 12.3 ms), which saw epochs of 5.6-6.5 s and
 whole commands of 27.6-30.8 s with the older code.
 """
