@@ -161,12 +161,9 @@ def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, 
   assert [r["epoch"] for r in read_records(tmp_path)] == [1, 2]
 
 
-def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
-  tiny_config, mock_data_dir, tiny_run, tmp_path, monkeypatch
-):
-  tiny_config.data_dir = mock_data_dir
-  tiny_config.scan = "rolled"
-  tiny_config.steps_per_dispatch = MOCK_EXAMPLES // tiny_config.batch_size  # The whole epoch, as on GPU/TPU.
+@pytest.fixture
+def made_chunks(monkeypatch) -> list:
+  """The `(args, compiled function)` of every `train.make_train_chunk` call made during the test."""
   made, real = [], train.make_train_chunk
 
   def spy(*args):
@@ -174,6 +171,16 @@ def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
     return made[-1][1]
 
   monkeypatch.setattr(train, "make_train_chunk", spy)
+  return made
+
+
+def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
+  tiny_config, mock_data_dir, tiny_run, tmp_path, made_chunks
+):
+  tiny_config.data_dir = mock_data_dir
+  tiny_config.scan = "rolled"
+  tiny_config.steps_per_dispatch = MOCK_EXAMPLES // tiny_config.batch_size  # The whole epoch, as on GPU/TPU.
+  made = made_chunks
   rolled = train.train_and_evaluate(tiny_config, str(tmp_path / "rolled"))
   ((args, fn),) = made
   assert args[0] == tiny_config.steps_per_dispatch and args[3] is False  # One rolled scan over the epoch.
@@ -184,12 +191,10 @@ def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
   assert rolled["test_loss"] == pytest.approx(chunked["test_loss"], rel=1e-4)
 
 
-def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_run, tmp_path, monkeypatch):
+def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_run, tmp_path, made_chunks):
   tiny_config.data_dir, tiny_config.scan = mock_data_dir, "unrolled"
-  made, real = [], train.make_train_chunk
-  monkeypatch.setattr(train, "make_train_chunk", lambda *args: made.append(args) or real(*args))
   unrolled = train.train_and_evaluate(tiny_config, str(tmp_path / "unrolled"))
-  assert made and all(args[3] is True for args in made)
+  assert made_chunks and all(args[3] is True for args, _ in made_chunks)
   rolled = read_records(tiny_run)[-1]
   assert unrolled["train_loss"] == pytest.approx(rolled["train_loss"], rel=1e-4)
   assert unrolled["test_loss"] == pytest.approx(rolled["test_loss"], rel=1e-4)
