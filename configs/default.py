@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.num_epochs = 15
   config.batch_size = 128
-  config.eval_batch_size = 1000
+  # Test images per evaluation batch: about 200 runs the forward pass fastest on CPU (cache-sized).
+  config.eval_batch_size = 200
   config.learning_rate = 3e-3  # Peak of the schedule.
   config.warmup_epochs = 1.0
   config.final_learning_rate_factor = 0.01

@@ -148,7 +148,9 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     return carry
 
   step_s = timed(one_chunk, repeats) / chunk
-  evaluator = evaluation.Evaluator(data["test"], config.eval_batch_size, setup.mesh)
+  evaluator = evaluation.Evaluator(
+    data["test"], config.eval_batch_size, setup.mesh, train_state.eval_model(config).apply
+  )
   start = time.perf_counter()
   evaluator(carry[0])  # Compiles, then runs once.
   first_eval_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from mnist_flax import cli, evaluation, inference, input_pipeline
+from mnist_flax import cli, evaluation, inference, input_pipeline, train_state
 from mnist_flax.errors import UsageError
 
 PROG = "python -m mnist_flax.evaluate"
@@ -46,7 +46,8 @@ def evaluate_checkpoint(checkpoint: inference.Checkpoint, test: dict[str, np.nda
   batch_size = checkpoint.config.eval_batch_size
   if batch_size % checkpoint.mesh.size:
     raise UsageError(f"the run's eval_batch_size {batch_size} is not divisible by the {checkpoint.mesh.size} devices")
-  result = evaluation.Evaluator(test, batch_size, checkpoint.mesh)(checkpoint.state)
+  apply_fn = train_state.eval_model(checkpoint.config).apply
+  result = evaluation.Evaluator(test, batch_size, checkpoint.mesh, apply_fn)(checkpoint.state)
   confusion = evaluation.confusion_matrix(test["label"], result["probabilities"].argmax(axis=1))
   evaluated = {
     "step": checkpoint.step,

@@ -1,5 +1,6 @@
 """Evaluation on a whole split: loss, accuracy, class probabilities and the confusion matrix."""
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,8 +23,11 @@ def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np
   return images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape)
 
 
-def make_evaluate(mesh: jax.sharding.Mesh):
+def make_evaluate(mesh: jax.sharding.Mesh, apply_fn: Callable[..., jax.Array] | None = None):
   """Compiles evaluation of a padded split shaped [num_batches, batch, ...] with a mask.
+
+  `apply_fn` (default: the state's own) computes the logits from the state's parameters, e.g. the
+  same model with other convolutions (`train_state.eval_model`).
 
   The returned function maps `(state, images, labels, mask)` to per-batch `steps.eval_metrics`,
   the class probabilities [num_batches, batch, classes] and, for a stacked ensemble state, each
@@ -35,13 +39,15 @@ def make_evaluate(mesh: jax.sharding.Mesh):
   replicated = parallel.replicated(mesh)
 
   def evaluate(state, images, labels, mask):
+    apply = apply_fn or state.apply_fn
+
     def one(batch):
       image, label, m = jax.lax.with_sharding_constraint(batch, sharding)
       x = input_pipeline.to_unit_float(image)
       if not is_ensemble(state):
-        logits = state.apply_fn({"params": state.params}, x, train=False)
+        logits = apply({"params": state.params}, x, train=False)
         return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), {}
-      logits, members = steps.ensemble_logits(state.apply_fn, state.params, x)
+      logits, members = steps.ensemble_logits(apply, state.params, x)
       per_member = jax.vmap(steps.eval_metrics, in_axes=(0, None, None))(members, label, m)
       return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), per_member
 
@@ -80,11 +86,20 @@ class Evaluator:
   devices give identical numbers.
   """
 
-  def __init__(self, split: dict[str, np.ndarray], batch_size: int, mesh: jax.sharding.Mesh):
-    """Places `split` ({"image": uint8 [N, 28, 28, 1], "label": int [N]}) on `mesh` in batches of `batch_size`."""
+  def __init__(
+    self,
+    split: dict[str, np.ndarray],
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    apply_fn: Callable[..., jax.Array] | None = None,
+  ):
+    """Places `split` ({"image": uint8 [N, 28, 28, 1], "label": int [N]}) on `mesh` in batches of `batch_size`.
+
+    `apply_fn`, if given, replaces the evaluated states' own (see `make_evaluate`).
+    """
     self.labels = np.asarray(split["label"])
     self._batches = parallel.put_replicated(batched_with_mask(split, batch_size), mesh)
-    self._evaluate = make_evaluate(mesh)
+    self._evaluate = make_evaluate(mesh, apply_fn)
 
   def __call__(self, state: TrainState) -> dict[str, Any]:
     """Returns `loss`, `accuracy`, `count` and the `probabilities` [N, classes] (numpy) of `state`.

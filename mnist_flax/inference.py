@@ -124,7 +124,7 @@ class Predictor:
     self.checkpoint = checkpoint
     devices = checkpoint.mesh.size
     self.batch_size = -(-batch_size // devices) * devices
-    model = models.create_model(checkpoint.config.model, train_state.conv_impl(checkpoint.config))
+    model = train_state.eval_model(checkpoint.config)
     self._params = checkpoint.state.params
     self._batch_sharding = parallel.batch_sharding(checkpoint.mesh)
     self.traces = 0

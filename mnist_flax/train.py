@@ -545,7 +545,7 @@ def _start(
     train_data=parallel.put_replicated(
       (data["train"]["image"], data["train"]["label"], np.asarray(run_keys(config.seed)[1])), mesh
     ),
-    evaluator=evaluation.Evaluator(data["test"], config.eval_batch_size, mesh),
+    evaluator=evaluation.Evaluator(data["test"], config.eval_batch_size, mesh, train_state.eval_model(config).apply),
     schedule=train_state.create_schedule(config, spe),
     manager=manager,
     writer=writer,

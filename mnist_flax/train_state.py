@@ -97,6 +97,25 @@ def conv_impl(config: ml_collections.ConfigDict) -> str:
   return "patches" if jax.default_backend() == "cpu" else "xla"
 
 
+def eval_conv_impl(config: ml_collections.ConfigDict) -> str:
+  """How evaluation and prediction (forward passes only) compute the config's convolutions.
+
+  `config.conv_impl` if it names one; for "auto", XLA's convolutions, except for stacked ensemble
+  members on CPU, which keep `conv_impl`'s patch products. Without a backward pass, XLA:CPU runs a
+  single model's forward convolutions about twice as fast as patch products (the default CNN on
+  the 10,000 test images: 1.3 against 2.5 s here), and vmapped members about 1.5x slower.
+  """
+  impl = config.get("conv_impl", "auto")
+  if impl != "auto":
+    return impl
+  return conv_impl(config) if stacked(config) else "xla"
+
+
+def eval_model(config: ml_collections.ConfigDict) -> models.CNN:
+  """The config's CNN as evaluation and prediction run it: the training parameters, `eval_conv_impl`'s convolutions."""
+  return models.create_model(config.model, eval_conv_impl(config))
+
+
 def create_train_state(
   config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None
 ) -> TrainState:

@@ -15,6 +15,7 @@ from mnist_flax.errors import UsageError
 RESUMABLE_CHANGES = frozenset(
   {
     "num_epochs",
+    "eval_batch_size",
     "steps_per_dispatch",
     "scan",
     "conv_impl",

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import create_train_state, eval_step, evaluation, parallel
+from mnist_flax import create_train_state, eval_step, evaluation, models, parallel
 from mnist_flax.train_state import create_ensemble_state
 
 
@@ -79,3 +79,25 @@ def test_an_ensemble_is_the_mean_of_its_members_probabilities(config):
   np.testing.assert_allclose(result["probabilities"], mean, rtol=1e-5, atol=1e-6)
   assert result["accuracy"] == pytest.approx(np.mean(mean.argmax(axis=1) == split["label"]))
   assert result["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(30), split["label"]])), rel=1e-5)
+
+
+def test_an_apply_fn_replaces_the_states_own(config):
+  config.model.features, config.model.dense_features, config.conv_impl = (4, 8), (8,), "patches"
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(2)
+  split = {
+    "image": rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
+    "label": rng.integers(0, 10, 30).astype(np.int32),
+  }
+  mesh = parallel.create_mesh()
+  calls = []
+
+  def xla_apply(variables, images, train):
+    calls.append(images.shape)
+    return models.create_model(config.model, "xla").apply(variables, images, train=train)
+
+  own = evaluation.Evaluator(split, 16, mesh)(state)
+  other = evaluation.Evaluator(split, 16, mesh, xla_apply)(state)
+  assert calls  # Traced with the given function, not the state's.
+  np.testing.assert_allclose(other["probabilities"], own["probabilities"], rtol=1e-4, atol=1e-6)
+  assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)

@@ -10,6 +10,8 @@ from mnist_flax.train_state import (
   conv_impl,
   create_ensemble_state,
   create_optimizer,
+  eval_conv_impl,
+  eval_model,
   is_ensemble,
   member_learning_rates,
 )
@@ -131,3 +133,19 @@ def test_a_named_conv_impl_is_used_for_single_models_and_members(small_config, i
   small_config.conv_impl, small_config.ensemble_size = impl, ensemble_size
   assert conv_impl(small_config) == impl
   assert create_ensemble_state(small_config, jax.random.PRNGKey(0)).apply_fn.__self__.conv_impl == impl
+
+
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+def test_auto_evaluates_a_single_model_with_xla_convolutions_and_members_as_trained(small_config, ensemble_size):
+  small_config.ensemble_size = ensemble_size
+  expected = "xla" if ensemble_size == 1 else conv_impl(small_config)
+  assert eval_conv_impl(small_config) == expected
+  assert eval_model(small_config).conv_impl == expected
+  del small_config["conv_impl"]  # A config from before the field.
+  assert eval_conv_impl(small_config) == expected
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches", "patch_grad"])
+def test_a_named_conv_impl_is_also_used_for_evaluation(small_config, impl):
+  small_config.conv_impl = impl
+  assert eval_conv_impl(small_config) == impl

@@ -115,6 +115,7 @@ def test_workdir_checks(config, tmp_path):
   validation.check_workdir(config, str(tmp_path))
   config.num_epochs = 50  # Resumable: a run may be extended.
   config.conv_impl = "patches"  # Resumable: the same parameters, computed another way.
+  config.eval_batch_size = 500  # Resumable: the same test images, batched another way.
   validation.check_workdir(config, str(tmp_path))
   config.batch_size = 64
   config.model.features = (8,)
