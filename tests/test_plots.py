@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from matplotlib import image as mpimg  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
 
 from mnist_flax import plots  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
@@ -38,6 +39,12 @@ def data():
   logits[np.arange(N), labels] += 3.0  # Mostly right, with some mistakes.
   probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
   return images, labels, probabilities
+
+
+def _tile_titles(fig):
+  """The titles of a tile grid's tiles, in order."""
+  (ax,) = fig.axes
+  return [t.get_text() for t in ax.texts]
 
 
 def _write_all(tmp_path, data, **changes):
@@ -105,7 +112,7 @@ def test_confident_mistakes_shows_them_in_order(data):
   order = plots.mistake_order(labels, probabilities)
   assert 0 < order.size < N
   fig = plots.confident_mistakes(images, labels, probabilities, count=3)
-  titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+  titles = _tile_titles(fig)
   predicted = probabilities.argmax(axis=1)
   assert len(titles) == 3
   for title, i in zip(titles, order[:3], strict=True):
@@ -126,16 +133,37 @@ def test_prediction_grid_colours_right_and_wrong(data):
   images, labels, probabilities = data
   fig = plots.prediction_grid(images, labels, probabilities, rows=2, cols=4)
   predicted = probabilities.argmax(axis=1)
-  titled = [ax for ax in fig.axes if ax.get_title()]
-  assert len(titled) == 8
-  for i, ax in enumerate(titled):
-    title = ax.title
+  (ax,) = fig.axes
+  titles = ax.texts
+  assert len(titles) == 8
+  wrong = 0
+  for i, title in enumerate(titles):
     assert title.get_text().startswith(f"pred {predicted[i]} (")
     if predicted[i] == labels[i]:
-      assert title.get_color() == plots.CORRECT_COLOR
+      assert title.get_color() == plots.CORRECT_COLOR and title.get_fontweight() == "normal"
     else:
-      assert title.get_color() == plots.WRONG_COLOR
+      wrong += 1
+      assert title.get_color() == plots.WRONG_COLOR and title.get_fontweight() == "bold"
       assert f"true {labels[i]}" in title.get_text()
+  assert 0 < wrong < 8
+  (frames,) = ax.collections  # Red and thicker around the wrong ones.
+  red = [tuple(c) == to_rgba(plots.WRONG_COLOR) for c in frames.get_edgecolor()]
+  assert red == [bool(p != t) for p, t in zip(predicted[:8], labels[:8], strict=True)]
+
+
+def test_tile_grids_show_the_images_as_they_are(data):
+  images, labels, _ = data
+  fig = plots.sample_grid(images, labels, rows=1, cols=2)
+  (ax,) = fig.axes
+  assert [t.get_text() for t in ax.texts] == [f"label {labels[0]}", f"label {labels[1]}"]
+  (picture,) = ax.images
+  canvas = np.asarray(picture.get_array())
+  top = canvas.shape[0] - 28  # The tiles' titles are above them.
+  np.testing.assert_array_equal(canvas[top:, :28], images[0, ..., 0])
+  np.testing.assert_array_equal(canvas[top:, -28:], images[1, ..., 0])
+  assert not canvas[:top].any() and not canvas[top:, 28:-28].any()  # White between the tiles.
+  with pytest.raises(ValueError, match="rows and cols must be positive"):
+    plots.sample_grid(images, labels, rows=0)
 
 
 @pytest.mark.parametrize(
