@@ -202,6 +202,10 @@ def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_r
 
 def test_scan_modes(config):
   assert config.scan == "auto" and not train.unrolled(config)
+  config.conv_impl = "xla"
+  assert train.unrolled(config) == (jax.default_backend() == "cpu")
+  config.conv_impl = "patch_grad"
+  assert train.unrolled(config) == (jax.default_backend() == "cpu")
   config.scan = "rolled"
   assert not train.unrolled(config)
   config.scan = "unrolled"
