@@ -1,5 +1,3 @@
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ from mnist_flax import models
 
 
 def count_params(params):
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 def init(model, batch=2):
