@@ -20,9 +20,9 @@ EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 CHECKPOINT_EVERY = 18  # Every chunk of 18 steps (468 = 26 x 18).
 
 
-def seed_args(data_dir, workdir, *extra):
+def run_args(data_dir, workdir, *extra):
   return (
-    "--config=configs/keras_seed.py",
+    "--config=configs/fast.py",
     "--config.num_epochs=1",
     f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
     "--config.keep_checkpoints=30",
@@ -60,9 +60,9 @@ def params_at(workdir, step):
 
 @pytest.fixture(scope="module")
 def reference(real_data_dir, tmp_path_factory):
-  """One uninterrupted epoch of the seed network on one device."""
+  """One uninterrupted epoch of the fast recipe's network on one device."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  result = run_main(*seed_args(real_data_dir, workdir))
+  result = run_main(*run_args(real_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
@@ -77,7 +77,7 @@ def test_one_epoch_reaches_97_percent_on_the_full_test_set(reference):
 def test_kill_9_and_rerun_ends_bit_for_bit_identical(reference, real_data_dir, tmp_path):
   workdir = str(tmp_path / "killed")
   proc = subprocess.Popen(
-    [sys.executable, os.path.join(ROOT, "main.py"), *seed_args(real_data_dir, workdir)],
+    [sys.executable, os.path.join(ROOT, "main.py"), *run_args(real_data_dir, workdir)],
     cwd=ROOT,
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
@@ -94,7 +94,7 @@ def test_kill_9_and_rerun_ends_bit_for_bit_identical(reference, real_data_dir, t
   proc.wait()
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
 
-  result = run_main(*seed_args(real_data_dir, workdir))
+  result = run_main(*run_args(real_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert without_times(records(workdir)) == without_times(records(reference))
   assert saved_steps(reference)[-1] == saved_steps(workdir)[-1] == 468
@@ -104,7 +104,7 @@ def test_kill_9_and_rerun_ends_bit_for_bit_identical(reference, real_data_dir, t
 
 def test_eight_devices_match_one_and_their_checkpoint_resumes_on_one(reference, real_data_dir, tmp_path):
   workdir = str(tmp_path / "eight")
-  result = run_main(*seed_args(real_data_dir, workdir), env=EIGHT_DEVICES)
+  result = run_main(*run_args(real_data_dir, workdir), env=EIGHT_DEVICES)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "8 cpu device(s)" in result.stderr
   # After the first chunk the parameters agree to float precision (measured: 2e-7 relative).
@@ -112,9 +112,9 @@ def test_eight_devices_match_one_and_their_checkpoint_resumes_on_one(reference, 
   assert first == saved_steps(workdir)[0] == CHECKPOINT_EVERY
   for a, b in zip(params_at(reference, first), params_at(workdir, first), strict=True):
     assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
-  # Adam then amplifies the all-reduce's rounding differences about tenfold every 30 steps
-  # (measured: 6e-4 after 108 steps, 8e-2 after 468), so over a whole epoch the two runs agree only
-  # as two equally good runs do.
+  # Adam then amplifies the all-reduce's rounding differences (measured: 1.5e-2 relative after 108
+  # steps, 0.2 after 216 and 468), so over a whole epoch the two runs agree only as two equally good
+  # runs do (measured: test accuracy 98.45 % on one device, 98.53 % on eight).
   (one,), (eight,) = records(reference), records(workdir)
   assert eight["train_loss"] == pytest.approx(one["train_loss"], rel=1e-2)
   assert eight["train_accuracy"] == pytest.approx(one["train_accuracy"], abs=3e-3)
