@@ -6,11 +6,9 @@ Command:
   python main.py --config=configs/fast.py
 
 Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8), data prepared, compilation
-cache warm. Test accuracy over seeds 0, 1, 2: median 99.02 % (98.99-99.15 %). Whole command,
-2026-11-24, current code (patch convolutions for training, XLA's for evaluation, rolled chunks):
-31.1, 29.4, 25.6 s (median 29.4 s; epochs 6.2-9.7 s); on the slower machine of 2026-12-01,
-32.2, 33.9, 32.3 s (median 32.3 s; epochs 7.2-9.1 s; the same accuracies). On 2026-11-23, with
-evaluation as patch products: 31.8, 32.1, 31.9 s and 31.3, 32.1, 29.7 s in two rounds.
+cache warm. Test accuracy over seeds 0, 1, 2: median 99.02 % (98.99-99.15 %). Whole command on
+2026-12-02: 27.5, 28.8, 28.3 s (median 28.3 s; epochs 5.6-8.6 s); 25.6-31.1 s (median 29.4 s) on
+2026-11-24 and 32.2-33.9 s (median 32.3 s) on the slower 2026-12-01, with the same accuracies.
 """
 
 import ml_collections
