@@ -20,7 +20,8 @@ up to 10 degrees and scaling by up to 10 % (--config.augment_max_rotation=10
 left out. Nor does a deeper member: two convolutions per block (--config.model.convs_per_block=2,
 197,482 parameters, 94-115 s per epoch alone, against 15-34 s for the default network) gave
 99.58 % as a single network at seed 0 in 26 min on 2026-12-02, what the default network gives at
-that seed.
+that seed; nor does a longer schedule for the rotations and scaling (one default network, 30
+epochs: 99.54 % at seed 0, 15 min).
 """
 
 import ml_collections
