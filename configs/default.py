@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   # [1 - augment_max_scale, 1 + augment_max_scale], applied before the shift (0 = none).
   config.augment_max_rotation = 0.0
   config.augment_max_scale = 0.0
+  # Elastic distortion (applied with the rotation and scaling): each pixel moves by uniform noise in
+  # [-1, 1] blurred by a Gaussian of augment_elastic_sigma pixels, times augment_elastic_alpha (0 = none).
+  config.augment_elastic_alpha = 0.0
+  config.augment_elastic_sigma = 4.0
   config.seed = 0
   # Members trained side by side as one vmapped state (each its own initialisation and dropout
   # keys, the same batches); evaluation reports each member and the ensemble (the mean of their

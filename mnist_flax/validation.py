@@ -29,7 +29,14 @@ RESUMABLE_CHANGES = frozenset(
 )
 CONFIG_FILE = "config.json"
 # Fields added after the first release, with the value that runs made before them behaved as.
-ADDED_FIELDS = {"ensemble_size": 1, "member_learning_rates": [], "augment_max_rotation": 0.0, "augment_max_scale": 0.0}
+ADDED_FIELDS = {
+  "ensemble_size": 1,
+  "member_learning_rates": [],
+  "augment_max_rotation": 0.0,
+  "augment_max_scale": 0.0,
+  "augment_elastic_alpha": 0.0,
+  "augment_elastic_sigma": 4.0,
+}
 SCAN_MODES = ("auto", "unrolled", "rolled")
 CONV_IMPLS = ("auto", *models.CONV_IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
@@ -101,6 +108,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     f"config.augment_max_rotation must be a number of degrees in [0, 180], got {rotation!r}",
   )
   _require(_is_number(scale) and 0 <= scale < 1, f"config.augment_max_scale must be a number in [0, 1), got {scale!r}")
+  alpha, sigma = config.get("augment_elastic_alpha", 0.0), config.get("augment_elastic_sigma", 4.0)
+  _require(
+    _is_number(alpha) and 0 <= alpha <= 100,
+    f"config.augment_elastic_alpha must be a number of pixels in [0, 100], got {alpha!r}",
+  )
+  _require(
+    _is_number(sigma) and 0.5 <= sigma <= 14,
+    f"config.augment_elastic_sigma must be a number of pixels in [0.5, 14], got {sigma!r}",
+  )
   train_size, test_size = input_pipeline.SPLIT_SIZES["train"], input_pipeline.SPLIT_SIZES["test"]
   _require(
     config.batch_size <= train_size,
