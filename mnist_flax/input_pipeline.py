@@ -11,6 +11,7 @@ import glob
 import logging as std_logging
 import os
 import socket
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -164,13 +165,29 @@ def _quiet_tfds():
     handler.removeFilter(keep)
 
 
+@contextlib.contextmanager
+def _scratch_tempdir():
+  """Points `tempfile` at a folder removed on exit.
+
+  tfds's builder for a dataset not yet prepared looks for its metadata online and leaves an empty
+  temporary folder behind, offline, in the system's temp dir; this keeps it out of there.
+  """
+  with tempfile.TemporaryDirectory(prefix="mnist_flax_tfds_") as scratch:
+    previous, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
+
+
 def _read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
   """Both splits through tfds, preparing the dataset first if needed."""
   import tensorflow_datasets as tfds  # Deferred: only needed until the cache exists.
   from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
   tfds.disable_progress_bar()
-  builder = tfds.builder("mnist", data_dir=data_dir)
+  with _scratch_tempdir():
+    builder = tfds.builder("mnist", data_dir=data_dir)
   if not builder.is_prepared():
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -60,6 +61,15 @@ def test_corrupted_file_fails_its_checksum(tmp_path):
   with pytest.raises(input_pipeline.DataError, match="checksum"):
     input_pipeline.load_mnist(str(tmp_path / "tfds"), str(manual))
   assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
+
+
+def test_preparing_leaves_nothing_in_the_system_temp_dir(tmp_path, monkeypatch):
+  system_temp = tmp_path / "system_temp"
+  system_temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+  test_corrupted_file_fails_its_checksum(tmp_path)  # A builder for data not yet prepared.
+  assert os.listdir(system_temp) == []
+  assert tempfile.gettempdir() == str(system_temp)
 
 
 def _damage(path, how):
