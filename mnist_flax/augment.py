@@ -19,13 +19,9 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
-def _grid(h: int, w: int) -> tuple[jax.Array, jax.Array]:
-  return jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-
-
 def _affine_coordinates(h: int, w: int, angle: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Where each output pixel reads the input when rotating by `angle` and scaling by `scale` about the centre."""
-  rows, cols = _grid(h, w)
+  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
   cy, cx = (h - 1) / 2, (w - 1) / 2
   cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
   return cy + cos * (rows - cy) + sin * (cols - cx), cx - sin * (rows - cy) + cos * (cols - cx)
@@ -73,11 +69,10 @@ def random_warp(
   """Random rotations and scalings, then an elastic distortion, in one bilinear resampling.
 
   Each image is rotated by up to `max_rotation` degrees either way and scaled by a factor in
-  [1 - max_scale, 1 + max_scale] about its centre.
-  The elastic distortion moves each pixel by a random smooth field: uniform noise in [-1, 1] per pixel
-  and direction, blurred by a Gaussian of `elastic_sigma` pixels and scaled by `elastic_alpha`
-  (0 = none). Each image gets its own draw; the rotations and scalings drawn with a key are the same
-  whatever the elastic fields.
+  [1 - max_scale, 1 + max_scale] about its centre. The elastic distortion moves each pixel by a
+  random smooth field: uniform noise in [-1, 1] per pixel and direction, blurred by a Gaussian of
+  `elastic_sigma` pixels and scaled by `elastic_alpha` (0 = none). Each image gets its own draw;
+  the rotations and scalings drawn with a key are the same whatever the elastic fields.
   """
   if max_rotation == 0 and max_scale == 0 and elastic_alpha == 0:
     return images
