@@ -19,27 +19,25 @@ def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
   return jax.vmap(crop)(padded, shifts)
 
 
-def _affine_coordinates(h: int, w: int, angle: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Where each output pixel reads the input when rotating by `angle` and scaling by `scale` about the centre."""
+def warp(
+  image: jax.Array, angle: jax.Array, scale: jax.Array, displacement: tuple[jax.Array, jax.Array] | None = None
+) -> jax.Array:
+  """One [H, W, C] image rotated by `angle` radians (counter-clockwise) and scaled by `scale` about its centre.
+
+  With `displacement` (rows, cols), each [H, W], every output pixel then reads the input that many
+  pixels further on. Pixels are interpolated bilinearly; what comes from outside the image is 0.
+  """
+  h, w, c = image.shape
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
   cy, cx = (h - 1) / 2, (w - 1) / 2
   cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
-  return cy + cos * (rows - cy) + sin * (cols - cx), cx - sin * (rows - cy) + cos * (cols - cx)
-
-
-def _sample(image: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
-  """Bilinear samples of each channel of an [H, W, C] image at float (rows, cols); 0 outside."""
-  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, cval=0.0)  # noqa: E731
-  return jnp.stack([sample(image[..., i]) for i in range(image.shape[-1])], axis=-1)
-
-
-def affine(image: jax.Array, angle: jax.Array, scale: jax.Array) -> jax.Array:
-  """One [H, W, C] image rotated by `angle` radians (counter-clockwise) and scaled by `scale` about its centre.
-
-  Pixels are interpolated bilinearly; what comes from outside the image is 0.
-  """
-  h, w, _ = image.shape
-  return _sample(image, *_affine_coordinates(h, w, angle, scale))
+  # Each output pixel reads the input where the inverse transform takes it.
+  src_rows = cy + cos * (rows - cy) + sin * (cols - cx)
+  src_cols = cx - sin * (rows - cy) + cos * (cols - cx)
+  if displacement is not None:
+    src_rows, src_cols = src_rows + displacement[0], src_cols + displacement[1]
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [src_rows, src_cols], order=1, cval=0.0)  # noqa: E731
+  return jnp.stack([sample(image[..., i]) for i in range(c)], axis=-1)
 
 
 def gaussian_smoothing_matrix(n: int, sigma: float) -> jax.Array:
@@ -83,14 +81,11 @@ def random_warp(
   scales = jax.random.uniform(scale_rng, (b,), minval=1 - max_scale, maxval=1 + max_scale)
   elastic_rngs = jax.random.split(jax.random.fold_in(rng, 2), b)
 
-  def warp(image: jax.Array, angle: jax.Array, scale: jax.Array, elastic_rng: jax.Array) -> jax.Array:
-    rows, cols = _affine_coordinates(h, w, angle, scale)
-    if elastic_alpha:
-      d_rows, d_cols = elastic_displacement(elastic_rng, h, w, elastic_alpha, elastic_sigma)
-      rows, cols = rows + d_rows, cols + d_cols
-    return _sample(image, rows, cols)
+  def one(image: jax.Array, angle: jax.Array, scale: jax.Array, elastic_rng: jax.Array) -> jax.Array:
+    displacement = elastic_displacement(elastic_rng, h, w, elastic_alpha, elastic_sigma) if elastic_alpha else None
+    return warp(image, angle, scale, displacement)
 
-  return jax.vmap(warp)(images, angles, scales, elastic_rngs)
+  return jax.vmap(one)(images, angles, scales, elastic_rngs)
 
 
 @dataclasses.dataclass(frozen=True)

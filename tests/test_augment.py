@@ -19,23 +19,23 @@ def test_random_shift_translates_with_zero_fill():
     assert any(np.array_equal(shifted[i], c) for c in candidates)
 
 
-def test_affine_with_no_rotation_or_scaling_is_the_identity():
-  np.testing.assert_array_equal(augment.affine(IMAGES[0], 0.0, 1.0), IMAGES[0])
+def test_warp_with_no_rotation_or_scaling_is_the_identity():
+  np.testing.assert_array_equal(augment.warp(IMAGES[0], 0.0, 1.0), IMAGES[0])
 
 
 def test_a_quarter_turn_is_a_counter_clockwise_rot90():
-  turned = augment.affine(IMAGES[0], math.pi / 2, 1.0)
+  turned = augment.warp(IMAGES[0], math.pi / 2, 1.0)
   np.testing.assert_allclose(turned, np.rot90(np.asarray(IMAGES[0])), atol=1e-5)
 
 
 def test_scaling_about_the_centre():
   dot = np.zeros((28, 28, 1), np.float32)
   dot[13:15, 13:15] = 1.0  # The 2x2 centre block stays put.
-  np.testing.assert_allclose(augment.affine(dot, 0.0, 2.0)[13:15, 13:15], 1.0, atol=1e-6)
+  np.testing.assert_allclose(augment.warp(dot, 0.0, 2.0)[13:15, 13:15], 1.0, atol=1e-6)
   corner = np.zeros((28, 28, 1), np.float32)
   corner[0, 0] = 1.0
-  assert float(augment.affine(corner, 0.0, 2.0).sum()) == 0.0  # The corner moves off the image: zero fill.
-  shrunk = augment.affine(np.ones((28, 28, 1), np.float32), 0.0, 0.5)
+  assert float(augment.warp(corner, 0.0, 2.0).sum()) == 0.0  # The corner moves off the image: zero fill.
+  shrunk = augment.warp(np.ones((28, 28, 1), np.float32), 0.0, 0.5)
   assert float(shrunk[0, 0, 0]) == 0.0 and float(shrunk[13, 13, 0]) == 1.0
 
 
