@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.kernel_size = 3
   config.model.padding = "VALID"
   config.model.convs_per_block = 1
+  # Batch norm after each conv and hidden dense layer (its running statistics kept in the state).
+  config.model.batch_norm = False
   config.model.dense_features = (128,)
   config.model.dropout_rate = 0.25
 

@@ -125,17 +125,17 @@ class Predictor:
     devices = checkpoint.mesh.size
     self.batch_size = -(-batch_size // devices) * devices
     model = train_state.eval_model(checkpoint.config)
-    self._params = checkpoint.state.params
+    self._variables = checkpoint.state.variables()
     self._batch_sharding = parallel.batch_sharding(checkpoint.mesh)
     self.traces = 0
 
     ensemble = is_ensemble(checkpoint.state)
 
-    def probabilities(params, images):
+    def probabilities(variables, images):
       self.traces += 1
       if ensemble:  # The mean of the members' probabilities.
-        return jax.nn.softmax(steps.ensemble_logits(model.apply, params, images)[0])
-      return jax.nn.softmax(model.apply({"params": params}, images, train=False))
+        return jax.nn.softmax(steps.ensemble_logits(model.apply, variables, images)[0])
+      return jax.nn.softmax(model.apply(variables, images, train=False))
 
     self._probabilities = jax.jit(probabilities, out_shardings=parallel.replicated(checkpoint.mesh))
 
@@ -159,5 +159,5 @@ class Predictor:
     for i in range(0, len(padded), bs):
       chunk = padded[i : i + bs]
       batch = jax.make_array_from_callback(chunk.shape, self._batch_sharding, lambda index, c=chunk: c[index])
-      out.append(np.asarray(jax.device_get(self._probabilities(self._params, batch))))
+      out.append(np.asarray(jax.device_get(self._probabilities(self._variables, batch))))
     return np.concatenate(out)[:n] if out else np.zeros((0, models.NUM_CLASSES), np.float32)

@@ -1,4 +1,4 @@
-"""The Linen CNN: conv + ReLU + 2x2 max-pool blocks, dense + ReLU + dropout, 10 logits."""
+"""The Linen CNN: conv (+ batch norm) + ReLU + 2x2 max-pool blocks, dense + ReLU + dropout, 10 logits."""
 
 import sys
 from collections.abc import Sequence
@@ -107,6 +107,9 @@ class CNN(nn.Module):
     padding: Conv padding, "VALID" or "SAME".
     conv_impl: How the convolutions are computed, "xla", "patches" or "patch_grad" (see `Conv`).
     convs_per_block: Number of conv + ReLU layers before each pool.
+    batch_norm: Whether each conv and hidden dense layer is followed by `nn.BatchNorm` (before the
+      ReLU): the batch's statistics when `train`, the running ones (the `batch_stats` collection)
+      otherwise.
     dense_features: Widths of the hidden dense layers (dense -> ReLU -> dropout).
     dropout_rate: Dropout rate after each hidden dense layer (active when `train`).
     num_classes: Number of output logits.
@@ -117,9 +120,13 @@ class CNN(nn.Module):
   padding: str = "VALID"
   conv_impl: str = "xla"
   convs_per_block: int = 1
+  batch_norm: bool = False
   dense_features: Sequence[int] = (128,)
   dropout_rate: float = 0.0
   num_classes: int = NUM_CLASSES
+
+  def _normalise(self, x: jax.Array, train: bool) -> jax.Array:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x) if self.batch_norm else x
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -128,12 +135,13 @@ class CNN(nn.Module):
     n = 0
     for f in self.features:
       for _ in range(self.convs_per_block):
-        x = nn.relu(Conv(f, self.kernel_size, self.padding, self.conv_impl, name=f"Conv_{n}")(x))
+        x = Conv(f, self.kernel_size, self.padding, self.conv_impl, name=f"Conv_{n}")(x)
+        x = nn.relu(self._normalise(x, train))
         n += 1
       x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     for f in self.dense_features:
-      x = nn.relu(nn.Dense(f)(x))
+      x = nn.relu(self._normalise(nn.Dense(f)(x), train))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
@@ -147,6 +155,7 @@ def create_model(model_config: ml_collections.ConfigDict, conv_impl: str = "xla"
     kernel_size=c.kernel_size,
     padding=c.padding,
     convs_per_block=c.convs_per_block,
+    batch_norm=c.get("batch_norm", False),
     dense_features=tuple(c.dense_features),
     dropout_rate=c.dropout_rate,
   )

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_flax.train_state import TrainState
+from mnist_flax.train_state import BatchNormTrainState, TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -23,7 +23,9 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   """One optimizer step on a batch.
 
   Args:
-    state: The train state; its dropout key for this step is `fold_in(state.rng, state.step)`.
+    state: The train state; its dropout key for this step is `fold_in(state.rng, state.step)`. For a
+      `BatchNormTrainState` the model normalises with the batch's statistics and the running
+      `batch_stats` are updated.
     batch: `{"image": float32 [B, 28, 28, 1] in [0, 1], "label": int [B]}`.
 
   Returns:
@@ -31,14 +33,20 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     `grad_norm` (global L2 norm of the gradient), all for this batch before the update.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  batch_norm = isinstance(state, BatchNormTrainState)
 
-  def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
-    logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
+  def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    variables = state.variables(params)
+    rngs = {"dropout": dropout_rng}
+    if batch_norm:
+      logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"])
+    else:
+      logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs), {}
     losses, hits = _losses_and_hits(logits, batch["label"])
-    return losses.mean(), hits.mean()
+    return losses.mean(), (hits.mean(), updates)
 
-  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
+  (loss, (accuracy, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, **updates)
   return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
@@ -51,19 +59,19 @@ def ensemble_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Me
   return jax.vmap(train_step, in_axes=(0, None))(state, batch)
 
 
-def ensemble_logits(apply_fn: Any, params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def ensemble_logits(apply_fn: Any, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The logits of stacked members (dropout off) and of their ensemble.
 
   Args:
     apply_fn: The model's apply function.
-    params: Parameters with a leading member axis.
+    variables: Model variables (`TrainState.variables()`) with a leading member axis.
     images: Float images [B, 28, 28, 1].
 
   Returns:
     `(ensemble, members)`: the log of the mean of the members' class probabilities [B, classes]
     (its softmax is that mean) and each member's logits [members, B, classes].
   """
-  members = jax.vmap(lambda p: apply_fn({"params": p}, images, train=False))(params)
+  members = jax.vmap(lambda v: apply_fn(v, images, train=False))(variables)
   log_mean = jax.nn.logsumexp(jax.nn.log_softmax(members), axis=0) - jnp.log(members.shape[0])
   return log_mean, members
 
@@ -95,7 +103,7 @@ def eval_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = 
 
 @jax.jit
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
-  """Evaluates the model (dropout off) on a batch.
+  """Evaluates the model (dropout off, batch norm with its running statistics) on a batch.
 
   Args:
     state: The train state.
@@ -106,5 +114,5 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   Returns:
     The `eval_metrics` of the batch: `loss`, `accuracy`, `count` and `correct`.
   """
-  logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+  logits = state.apply_fn(state.variables(), batch["image"], train=False)
   return eval_metrics(logits, batch["label"], batch.get("mask"))

@@ -1,4 +1,6 @@
-"""`TrainState`: params, optimizer state, step and PRNG key in one pytree."""
+"""`TrainState`: params, optimizer state, step and PRNG key in one pytree (plus `batch_stats` for batch norm)."""
+
+from typing import Any
 
 import flax.struct
 import jax
@@ -38,6 +40,25 @@ class TrainState(train_state.TrainState):
       raise ValueError(f"rng must be a raw jax.random.PRNGKey (uint32[2]), got {rng.dtype}{list(rng.shape)}")
     state = super().create(apply_fn=apply_fn, params=params, tx=tx, rng=rng, **kwargs)
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+  def variables(self, params: Any = None) -> dict[str, Any]:
+    """The model variables for `apply_fn`: `{"params": params}` (the state's own when None)."""
+    return {"params": self.params if params is None else params}
+
+
+class BatchNormTrainState(TrainState):
+  """`TrainState` plus `batch_stats`, the running statistics of a model with `nn.BatchNorm` layers.
+
+  `train_step` applies such a model with `batch_stats` mutable (batch statistics, the running ones
+  updated) and `eval_step` with the running statistics. Create it with
+  `BatchNormTrainState.create(..., batch_stats=variables["batch_stats"])`.
+  """
+
+  batch_stats: Any = flax.struct.field(pytree_node=True, default_factory=dict)
+
+  def variables(self, params: Any = None) -> dict[str, Any]:
+    """The model variables for `apply_fn`: `params` (the state's own when None) and `batch_stats`."""
+    return {**super().variables(params), "batch_stats": self.batch_stats}
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -128,16 +149,19 @@ def create_train_state(
       defaults to full batches over the 60,000 MNIST training images.
 
   Returns:
-    The initial `TrainState`.
+    The initial `TrainState`, a `BatchNormTrainState` when the model has batch norm.
   """
   if steps_per_epoch is None:
     steps_per_epoch = input_pipeline.SPLIT_SIZES["train"] // config.batch_size
   model = models.create_model(config.model, conv_impl(config))
   init_rng, state_rng = jax.random.split(rng)
-  params = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)["params"]
-  return TrainState.create(
-    apply_fn=model.apply, params=params, tx=create_optimizer(config, steps_per_epoch), rng=state_rng
-  )
+  variables = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)
+  tx = create_optimizer(config, steps_per_epoch)
+  if "batch_stats" in variables:
+    return BatchNormTrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx, rng=state_rng, batch_stats=variables["batch_stats"]
+    )
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx, rng=state_rng)
 
 
 def create_ensemble_state(

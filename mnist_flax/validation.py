@@ -37,6 +37,7 @@ ADDED_FIELDS = {
   "augment_elastic_alpha": 0.0,
   "augment_elastic_sigma": 4.0,
 }
+ADDED_MODEL_FIELDS = {"batch_norm": False}  # The same, for the `model` section.
 SCAN_MODES = ("auto", "unrolled", "rolled")
 CONV_IMPLS = ("auto", *models.CONV_IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
@@ -181,6 +182,8 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
     _require(_is_int(c[name]) and c[name] > 0, f"config.model.{name} must be a positive integer, got {c[name]!r}")
   _require(c.padding in ("VALID", "SAME"), f"config.model.padding must be 'VALID' or 'SAME', got {c.padding!r}")
   _require(0 <= c.dropout_rate < 1, f"config.model.dropout_rate must be in [0, 1), got {c.dropout_rate!r}")
+  batch_norm = c.get("batch_norm", False)
+  _require(isinstance(batch_norm, bool), f"config.model.batch_norm must be True or False, got {batch_norm!r}")
   side = models.IMAGE_SHAPE[0]
   for block in range(len(c.features)):  # Each block: convs_per_block convolutions, then a 2x2 max-pool.
     if c.padding == "VALID":
@@ -240,6 +243,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     return
   current = json.loads(config.to_json())
   saved = {**ADDED_FIELDS, **saved}
+  if isinstance(saved.get("model"), dict):
+    saved["model"] = {**ADDED_MODEL_FIELDS, **saved["model"]}
   differing = sorted(
     k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
   )

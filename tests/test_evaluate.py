@@ -4,9 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from mnist_flax import evaluate, inference
+from configs import default
+from mnist_flax import Predictor, evaluate, inference, train
 from mnist_flax.metric_writers import read_records
-from tests.conftest import assert_one_line_error, run_module
+from tests.conftest import TINY_OVERRIDES, assert_one_line_error, run_module
 
 PROG = "python -m mnist_flax.evaluate"
 
@@ -45,6 +46,21 @@ def test_an_earlier_step_equals_its_record(tiny_run):
   assert f"test accuracy {100 * first['test_accuracy']:.2f}%" in table
   assert "confusion matrix (rows: true label, columns: predicted label)" in table
   assert len(table.splitlines()) == 4 + 10 + 3 + 10
+
+
+def test_a_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(mock_data_dir, tmp_path):
+  config = default.get_config()
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir, "model.batch_norm": True})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  last = read_records(workdir)[-1]
+  checkpoint = inference.load_checkpoint(workdir)
+  assert set(checkpoint.state.batch_stats) == {"BatchNorm_0", "BatchNorm_1"}
+  test = evaluate.load_test_split(checkpoint.config)["test"]
+  result = evaluate.evaluate_checkpoint(checkpoint, test)
+  assert (result["test_loss"], result["test_accuracy"]) == (last["test_loss"], last["test_accuracy"])
+  predicted = Predictor(checkpoint)(test["image"]).argmax(axis=1)
+  assert np.mean(predicted == test["label"]) == pytest.approx(last["test_accuracy"], abs=1e-6)
 
 
 def test_prints_readable_tables(tiny_run):

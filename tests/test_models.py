@@ -1,6 +1,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -69,6 +70,22 @@ def test_dropout_only_in_training(config):
   c = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
+
+
+def test_batch_norm_keeps_running_statistics_used_outside_training(config):
+  config.model.batch_norm = True
+  model = models.create_model(config.model)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4, 28, 28, 1))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  # One per conv and hidden dense layer, with their widths.
+  widths = [v["mean"].shape[0] for v in variables["batch_stats"].values()]
+  assert widths == [*config.model.features, *config.model.dense_features]
+  plain = models.create_model(ml_collections.ConfigDict({**config.model, "batch_norm": False}))
+  assert jax.tree.map(jnp.shape, variables["params"]) != jax.tree.map(jnp.shape, init(plain))
+  a = model.apply(variables, x, train=False)
+  b, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)}, mutable=["batch_stats"])
+  assert not np.allclose(a, b)
+  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
 
 def test_summary_lists_layers_shapes_and_total(seed_config):

@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from mnist_flax import TrainState, create_train_state, eval_step, train_step
+from mnist_flax.train_state import BatchNormTrainState
 
 
 def make_batch(key, n=8):
@@ -121,3 +122,47 @@ def test_eval_step_ignores_dropout(state):
   a = eval_step(state, batch)
   b = eval_step(state.replace(step=jnp.int32(3), rng=jax.random.PRNGKey(9)), batch)
   assert_trees_equal(a, b)
+
+
+class BatchNormMLP(nn.Module):
+  @nn.compact
+  def __call__(self, images, train: bool):
+    x = nn.Dense(32)(images.reshape((images.shape[0], -1)))
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
+    return nn.Dense(10)(x)
+
+
+def test_a_batch_norm_model_trains_on_batch_statistics_and_evaluates_on_running_ones():
+  model = BatchNormMLP()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+  state = BatchNormTrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=optax.adam(1e-2),
+    rng=jax.random.PRNGKey(0),
+    batch_stats=variables["batch_stats"],
+  )
+  batch = make_batch(jax.random.PRNGKey(4), n=32)
+  new, metrics = train_step(state, batch)
+  # The loss is that of the batch's own statistics; the running ones move halfway towards them.
+  logits, updates = model.apply(state.variables(), batch["image"], train=True, mutable=["batch_stats"])
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), new.batch_stats, updates["batch_stats"])
+  assert not np.allclose(new.batch_stats["BatchNorm_0"]["mean"], state.batch_stats["BatchNorm_0"]["mean"])
+  # Evaluation normalises with the running statistics, not the batch's.
+  running = model.apply(new.variables(), batch["image"], train=False)
+  evaluated = eval_step(new, batch)
+  np.testing.assert_allclose(
+    evaluated["loss"], optax.softmax_cross_entropy_with_integer_labels(running, batch["label"]).mean(), rtol=1e-6
+  )
+  # Pure and traceable: the same state under scan as step by step, and it learns the batch.
+  stepped = state
+  for _ in range(3):
+    stepped, _ = train_step(stepped, batch)
+  scanned, _ = jax.lax.scan(train_step, state, jax.tree.map(lambda x: jnp.stack([x] * 3), batch))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), scanned, stepped)
+  first = float(eval_step(state, batch)["loss"])
+  for _ in range(30):
+    state, _ = train_step(state, batch)
+  assert float(eval_step(state, batch)["loss"]) < 0.5 * first

@@ -71,10 +71,12 @@ def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_co
 SWEEP = {"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2)}
 
 
-@pytest.mark.parametrize("members", [{}, SWEEP], ids=["single", "sweep"])
+@pytest.mark.parametrize(
+  "members", [{}, SWEEP, {"model.batch_norm": True, "ensemble_size": 2}], ids=["single", "sweep", "batch_norm"]
+)
 def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch, members):
   tiny_config.data_dir = mock_data_dir
-  tiny_config.update(members)
+  tiny_config.update_from_flattened_dict(members)
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(tiny_config, reference)
 
@@ -107,7 +109,7 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
   expected = scalars(reference)
   assert {"train/loss", "test/accuracy", "train/learning_rate", "chunk/train_loss"} <= set(expected)
   assert scalars(resumed) == expected
-  if members:  # A record and TensorBoard curves per member, each at its own learning rate.
+  if members == SWEEP:  # A record and TensorBoard curves per member, each at its own learning rate.
     last = read_records(reference)[-1]
     assert [m["member"] for m in last["members"]] == [0, 1]
     assert last["members"][1]["learning_rate"] == pytest.approx(10 * last["members"][0]["learning_rate"])

@@ -82,6 +82,13 @@ def test_bad_model_configs_are_refused(config, field, value, message):
   assert "\n" not in str(e.value)
 
 
+def test_batch_norm_must_be_a_bool(config):
+  del config.model["batch_norm"]
+  config.model.batch_norm = "yes"
+  with pytest.raises(ConfigError, match="config.model.batch_norm must be True or False, got 'yes'"):
+    validation.validate_config(config)
+
+
 def test_batch_size_must_divide_across_devices(config):
   config.batch_size = 100
   with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
@@ -167,8 +174,13 @@ def test_a_run_from_before_the_added_fields_resumes(config, tmp_path):
   saved = json.loads(config.to_json())
   for name in validation.ADDED_FIELDS:
     del saved[name]
+  for name in validation.ADDED_MODEL_FIELDS:
+    del saved["model"][name]
   (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
   validation.check_workdir(config, str(tmp_path))
   config.ensemble_size, config.augment_max_rotation = 2, 10.0
   with pytest.raises(ConfigError, match=r"different config \(augment_max_rotation, ensemble_size\)"):
+    validation.check_workdir(config, str(tmp_path))
+  config.ensemble_size, config.augment_max_rotation, config.model.batch_norm = 1, 0.0, True
+  with pytest.raises(ConfigError, match=r"different config \(model\)"):
     validation.check_workdir(config, str(tmp_path))
