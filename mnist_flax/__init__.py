@@ -8,6 +8,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+  "BatchNormTrainState": "mnist_flax.train_state",
   "CNN": "mnist_flax.models",
   "Predictor": "mnist_flax.inference",
   "TrainState": "mnist_flax.train_state",

@@ -51,7 +51,8 @@ class BatchNormTrainState(TrainState):
 
   `train_step` applies such a model with `batch_stats` mutable (batch statistics, the running ones
   updated) and `eval_step` with the running statistics. Create it with
-  `BatchNormTrainState.create(..., batch_stats=variables["batch_stats"])`.
+  `BatchNormTrainState.create(..., batch_stats=variables["batch_stats"])`; checkpoints of it hold
+  the statistics too.
   """
 
   batch_stats: Any = flax.struct.field(pytree_node=True, default_factory=dict)

@@ -5,8 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_flax import TrainState, create_train_state, eval_step, train_step
-from mnist_flax.train_state import BatchNormTrainState
+from mnist_flax import BatchNormTrainState, TrainState, create_train_state, eval_step, train_step
 
 
 def make_batch(key, n=8):
