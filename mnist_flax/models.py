@@ -101,6 +101,10 @@ class Conv(nn.Module):
 class CNN(nn.Module):
   """A configurable MNIST CNN.
 
+  With VALID padding, a block whose convolutions would leave an odd side (the default network's
+  second block: 13 -> 11) gets its input cropped by a row and a column first, so that no convolution
+  computes the outputs the 2x2 pool drops: the same logits, about 17 % less work in that block.
+
   Attributes:
     features: Output channels of each conv block (conv -> ReLU -> 2x2 max-pool).
     kernel_size: Side of the square conv kernels.
@@ -134,6 +138,9 @@ class CNN(nn.Module):
     x = images
     n = 0
     for f in self.features:
+      if self.padding == "VALID":  # Drop the input rows and columns that only feed what the pool drops.
+        reach = self.convs_per_block * (self.kernel_size - 1)
+        x = x[:, : (x.shape[1] - reach) // 2 * 2 + reach, : (x.shape[2] - reach) // 2 * 2 + reach, :]
       for _ in range(self.convs_per_block):
         x = Conv(f, self.kernel_size, self.padding, self.conv_impl, name=f"Conv_{n}")(x)
         x = nn.relu(self._normalise(x, train))

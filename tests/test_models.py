@@ -139,3 +139,34 @@ def test_the_cnn_is_the_same_function_with_its_gradients(config, impl):
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), value_and_grad(other), value_and_grad(model)
   )
+
+
+class FlaxLayersCNN(nn.Module):
+  """The CNN written with Flax's own layers and no cropping, as a reference."""
+
+  features: tuple
+  kernel_size: int
+  convs_per_block: int
+
+  @nn.compact
+  def __call__(self, x):
+    n = 0
+    for f in self.features:
+      for _ in range(self.convs_per_block):
+        x = nn.relu(nn.Conv(f, (self.kernel_size,) * 2, padding="VALID", name=f"Conv_{n}")(x))
+        n += 1
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(16, name="Dense_0")(x.reshape((x.shape[0], -1))))
+    return nn.Dense(10, name="Dense_1")(x)
+
+
+@pytest.mark.parametrize("features,kernel_size,convs_per_block", [((8, 16), 3, 1), ((8, 16), 4, 2), ((4, 8, 8), 2, 1)])
+def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, kernel_size, convs_per_block):
+  # Blocks whose convolutions leave an odd side get their input cropped: the logits must not change.
+  config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
+  config.model.dense_features = (16,)
+  model = models.create_model(config.model, "patches")
+  params = init(model)
+  images = jax.random.uniform(jax.random.PRNGKey(5), (3, 28, 28, 1))
+  reference = FlaxLayersCNN(features, kernel_size, convs_per_block).apply({"params": params}, images)
+  np.testing.assert_allclose(model.apply({"params": params}, images, train=False), reference, rtol=1e-5, atol=1e-6)
