@@ -12,17 +12,44 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
 
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max pooling with stride 2 and VALID padding on NHWC inputs.
 
-  Gives exactly the values of `nn.max_pool(x, (2, 2), (2, 2))` (an odd trailing
-  row or column is dropped), written as a reshape and a max so that its gradient
-  is a cheap elementwise select rather than XLA's select-and-scatter, which costs
-  about as much as the whole rest of the backward pass on XLA:CPU.
+  Gives exactly the values and the gradient of `nn.max_pool(x, (2, 2), (2, 2))` (an odd trailing
+  row or column is dropped; each window's gradient goes to its first maximum in row-major order),
+  written as a reshape and a max, and a gradient of elementwise selects. XLA:CPU runs `nn.max_pool`'s
+  select-and-scatter gradient about as slowly as the whole rest of the backward pass, and the
+  gradient of `jnp.max` (which splits it among tied maxima) slower than these selects.
   """
   b, h, w, c = x.shape
   x = x[:, : h // 2 * 2, : w // 2 * 2, :]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+  x, y = residuals
+  b, h, w, c = x.shape
+  windows = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+  taken = jnp.zeros(y.shape, bool)  # Whether an earlier position of the window held the maximum.
+  rows = []
+  for i in range(2):
+    row = []
+    for j in range(2):
+      first = (windows[:, :, i, :, j, :] == y) & ~taken
+      taken = taken | first
+      row.append(jnp.where(first, g, 0))
+    rows.append(jnp.stack(row, axis=-2))
+  d_x = jnp.stack(rows, axis=2).reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(d_x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 def patches(x: jax.Array, kernel_size: int) -> jax.Array:

@@ -55,9 +55,16 @@ def test_sizes_come_from_config(config):
 
 
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (1, 11, 11, 2), (3, 5, 4, 1)])
-def test_max_pool_2x2_matches_flax_max_pool(shape):
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_2x2_matches_flax_max_pool_in_values_and_gradients(shape, ties):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+  if ties:  # ReLU'd and rounded: windows of zeros and of equal positive values.
+    x = jnp.maximum(jnp.round(2 * x) / 2, 0.0)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))  # noqa: E731
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  g = jax.random.normal(jax.random.PRNGKey(2), flax_pool(x).shape)
+  grad = jax.jit(lambda x, g: jax.vjp(models.max_pool_2x2, x)[1](g)[0])(x, g)
+  np.testing.assert_array_equal(grad, jax.vjp(flax_pool, x)[1](g)[0])
 
 
 def test_dropout_only_in_training(config):
