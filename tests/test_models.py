@@ -172,8 +172,14 @@ def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, ke
   # Blocks whose convolutions leave an odd side get their input cropped: the logits must not change.
   config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
   config.model.dense_features = (16,)
-  model = models.create_model(config.model, "patches")
-  params = init(model)
+  model = models.create_model(config.model)
+  reference = FlaxLayersCNN(features, kernel_size, convs_per_block)
   images = jax.random.uniform(jax.random.PRNGKey(5), (3, 28, 28, 1))
-  reference = FlaxLayersCNN(features, kernel_size, convs_per_block).apply({"params": params}, images)
-  np.testing.assert_allclose(model.apply({"params": params}, images, train=False), reference, rtol=1e-5, atol=1e-6)
+
+  @jax.jit  # One compilation instead of one per operation.
+  def both(images):
+    params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
+    return model.apply({"params": params}, images, train=False), reference.apply({"params": params}, images)
+
+  ours, expected = both(images)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
