@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_flax.train_state import BatchNormTrainState, TrainState
+from mnist_flax.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -33,15 +33,12 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     `grad_norm` (global L2 norm of the gradient), all for this batch before the update.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  batch_norm = isinstance(state, BatchNormTrainState)
+  # The state's collections besides the parameters (a BatchNormTrainState's batch_stats) are updated in training.
+  mutable = [name for name in state.variables() if name != "params"]
 
   def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-    variables = state.variables(params)
     rngs = {"dropout": dropout_rng}
-    if batch_norm:
-      logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"])
-    else:
-      logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs), {}
+    logits, updates = state.apply_fn(state.variables(params), batch["image"], train=True, rngs=rngs, mutable=mutable)
     losses, hits = _losses_and_hits(logits, batch["label"])
     return losses.mean(), (hits.mean(), updates)
 
