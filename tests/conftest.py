@@ -14,9 +14,14 @@ REAL_MNIST_REASON = "real MNIST is absent: set MNIST_MANUAL_DIR to a folder with
 
 
 def pytest_configure(config):
-  """One compilation cache for the whole session, in a fresh folder (subprocesses inherit it)."""
+  """One compilation cache for the whole session, in a fresh folder (subprocesses inherit it).
+
+  On a GPU, JAX takes 75 % of its memory per process unless told otherwise; the test workers and
+  the runs they start share one GPU, so each takes only what it uses.
+  """
   import tempfile
 
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if "MNIST_FLAX_COMPILATION_CACHE" not in os.environ:
     os.environ["MNIST_FLAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="mnist_flax_jax_cache_")
     config._compilation_cache = os.environ["MNIST_FLAX_COMPILATION_CACHE"]
