@@ -172,13 +172,13 @@ def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, ke
   # Blocks whose convolutions leave an odd side get their input cropped: the logits must not change.
   config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
   config.model.dense_features = (16,)
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, "patches")
   reference = FlaxLayersCNN(features, kernel_size, convs_per_block)
   images = jax.random.uniform(jax.random.PRNGKey(5), (3, 28, 28, 1))
 
   @jax.jit  # One compilation instead of one per operation.
   def both(images):
-    params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
+    params = init(model)
     return model.apply({"params": params}, images, train=False), reference.apply({"params": params}, images)
 
   ours, expected = both(images)
