@@ -28,7 +28,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -88,9 +87,8 @@ class _Setup:
     self.config, self.mesh = config, parallel.create_mesh()
     self.steps_per_epoch = len(data["train"]["label"]) // config.batch_size
     self.chunk = train.steps_per_dispatch(config, self.steps_per_epoch, jax.default_backend())
-    seed_rng = np.asarray(train.run_keys(config.seed)[1])
     self.images, self.labels, self.data_rng = parallel.put_replicated(
-      (data["train"]["image"], data["train"]["label"], seed_rng), self.mesh
+      (data["train"]["image"], data["train"]["label"], train.data_keys(config)), self.mesh
     )
     self.initial = train.init_train_item(config, self.steps_per_epoch, self.mesh)
     self.programs = {}  # Chunk length -> program; the full chunk is compiled ahead of time by `compile`.

@@ -1,5 +1,6 @@
 """Pure, jitted train and eval steps for any Linen model with an `(images, train)` signature."""
 
+import functools
 from typing import Any
 
 import jax
@@ -47,13 +48,18 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
-@jax.jit
-def ensemble_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-  """`train_step` for every member of a stacked state (see `create_ensemble_state`), on the same batch.
+@functools.partial(jax.jit, static_argnames="member_batches")
+def ensemble_train_step(state: TrainState, batch: Batch, member_batches: bool = False) -> tuple[TrainState, Metrics]:
+  """`train_step` for every member of a stacked state (see `create_ensemble_state`).
 
   Each member uses its own parameters, optimizer state and dropout keys; the metrics are [members].
+
+  Args:
+    state: Members stacked on a leading axis.
+    batch: One batch for every member or, with `member_batches`, one per member (a leading member axis).
+    member_batches: Whether `batch` holds one batch per member.
   """
-  return jax.vmap(train_step, in_axes=(0, None))(state, batch)
+  return jax.vmap(train_step, in_axes=(0, 0 if member_batches else None))(state, batch)
 
 
 def ensemble_logits(apply_fn: Any, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -118,7 +118,12 @@ def unrolled(config: ml_collections.ConfigDict) -> bool:
 
 
 def epoch_order(data_rng: jax.Array, epoch: int, num_examples: int) -> jax.Array:
-  """The permutation of the training set for `epoch`, a function of (key, epoch) only."""
+  """The permutation of the training set for `epoch`, a function of (key, epoch) only.
+
+  With one key per ensemble member ([members, 2], see `data_keys`), one permutation per member.
+  """
+  if data_rng.ndim == 2:
+    return jax.vmap(epoch_order, in_axes=(0, None, None))(data_rng, epoch, num_examples)
   return jax.random.permutation(jax.random.fold_in(data_rng, epoch), num_examples)
 
 
@@ -136,6 +141,14 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """The run's two root PRNG keys: `(init_rng, data_rng)`, for the state and the data order."""
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
   return init_rng, data_rng
+
+
+def data_keys(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The key of the run's data order and augmentation, or one key per member ([members, 2]) drawing its own."""
+  data_rng = run_keys(config.seed)[1]
+  if train_state.own_member_batches(config):
+    data_rng = jax.random.split(data_rng, len(train_state.member_learning_rates(config)))
+  return np.asarray(data_rng)
 
 
 def init_train_item(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh: jax.sharding.Mesh) -> dict:
@@ -160,19 +173,29 @@ def make_train_chunk(
 
   The returned function maps `(state, sums, images, labels, order, first, data_rng)`
   to `(state, sums)`: it runs steps `first .. first + num_steps - 1` of the epoch
-  whose order is `order`, and adds each step's metrics to `sums`.
+  whose order is `order`, and adds each step's metrics to `sums`. With one key and one
+  order per ensemble member (`data_keys`, `epoch_order`), each member trains on its own batches.
   """
   sharding = parallel.batch_sharding(mesh)
 
   def chunk(state, sums, images, labels, order, first, data_rng):
-    def body(carry, i):
-      state, sums = carry
-      idx = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch_size, batch_size)
+    def draw(order, data_rng, start, step):
+      idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
       batch = {"image": input_pipeline.to_unit_float(images[idx]), "label": labels[idx]}
       batch = jax.lax.with_sharding_constraint(batch, sharding)
-      aug_rng = jax.random.fold_in(data_rng, jnp.ravel(state.step)[0])  # Members share the batch.
-      batch["image"] = augmentation(aug_rng, batch["image"])
-      state, metrics = (steps.ensemble_train_step if is_ensemble(state) else steps.train_step)(state, batch)
+      batch["image"] = augmentation(jax.random.fold_in(data_rng, step), batch["image"])
+      return batch
+
+    own = order.ndim == 2  # One order per member.
+
+    def body(carry, i):
+      state, sums = carry
+      args = (order, data_rng, (first + i) * batch_size, jnp.ravel(state.step)[0])
+      batch = jax.vmap(draw, in_axes=(0, 0, None, None))(*args) if own else draw(*args)
+      if is_ensemble(state):
+        state, metrics = steps.ensemble_train_step(state, batch, member_batches=own)
+      else:
+        state, metrics = steps.train_step(state, batch)
       return (state, {k: sums[k] + metrics[k] for k in SUM_KEYS}), None
 
     (state, sums), _ = jax.lax.scan(body, (state, sums), jnp.arange(num_steps), unroll=num_steps if unroll else 1)
@@ -234,7 +257,7 @@ class _Run:
   mesh: jax.sharding.Mesh
   steps_per_epoch: int
   chunk_steps: int
-  train_data: tuple[jax.Array, jax.Array, jax.Array]  # images, labels, data_rng; replicated.
+  train_data: tuple[jax.Array, jax.Array, jax.Array]  # images, labels, data key(s); replicated.
   evaluator: evaluation.Evaluator
   schedule: Any
   manager: Any
@@ -549,9 +572,7 @@ def _start(
     mesh=mesh,
     steps_per_epoch=spe,
     chunk_steps=chunk_steps,
-    train_data=parallel.put_replicated(
-      (data["train"]["image"], data["train"]["label"], np.asarray(run_keys(config.seed)[1])), mesh
-    ),
+    train_data=parallel.put_replicated((data["train"]["image"], data["train"]["label"], data_keys(config)), mesh),
     evaluator=evaluation.Evaluator(data["test"], config.eval_batch_size, mesh, train_state.eval_model(config).apply),
     schedule=train_state.create_schedule(config, spe),
     manager=manager,

@@ -105,6 +105,15 @@ def stacked(config: ml_collections.ConfigDict) -> bool:
   return config.get("ensemble_size", 1) > 1 or bool(config.get("member_learning_rates"))
 
 
+def own_member_batches(config: ml_collections.ConfigDict | dict) -> bool:
+  """Whether the config's stacked members each draw their own batches (`config.member_batches` "own").
+
+  Each then has its own data order and augmentation, as runs of different seeds have; with "shared"
+  every member trains on the same batches, as runs of one seed do.
+  """
+  return config.get("member_batches", "shared") == "own" and stacked(config)
+
+
 def conv_impl(config: ml_collections.ConfigDict) -> str:
   """How the config's model computes its convolutions (`models.Conv`'s `impl`).
 

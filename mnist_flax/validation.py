@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mnist_flax import checkpoints, input_pipeline, locking, metric_writers, models
+from mnist_flax import checkpoints, input_pipeline, locking, metric_writers, models, train_state
 from mnist_flax.errors import UsageError
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
@@ -36,9 +36,11 @@ ADDED_FIELDS = {
   "augment_max_scale": 0.0,
   "augment_elastic_alpha": 0.0,
   "augment_elastic_sigma": 4.0,
+  "member_batches": "shared",
 }
 ADDED_MODEL_FIELDS = {"batch_norm": False}  # The same, for the `model` section.
 SCAN_MODES = ("auto", "unrolled", "rolled")
+MEMBER_BATCHES = ("shared", "own")
 CONV_IMPLS = ("auto", *models.CONV_IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
@@ -153,6 +155,11 @@ MAX_ENSEMBLE_SIZE = 64
 
 def _validate_ensemble(config: ml_collections.ConfigDict) -> None:
   size, rates = config.get("ensemble_size", 1), config.get("member_learning_rates", ())
+  member_batches = config.get("member_batches", "shared")
+  _require(
+    member_batches in MEMBER_BATCHES,
+    f"config.member_batches must be one of {', '.join(map(repr, MEMBER_BATCHES))}, got {member_batches!r}",
+  )
   _require(
     _is_int(size) and 1 <= size <= MAX_ENSEMBLE_SIZE,
     f"config.ensemble_size must be an integer in [1, {MAX_ENSEMBLE_SIZE}], got {size!r}",
@@ -229,6 +236,13 @@ WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, metric_writers.TENSORBOARD_DIR, "
 WORKDIR_FILES = (CONFIG_FILE, metric_writers.METRICS_FILE, locking.LOCK_FILE)
 
 
+def _by_effect(config: dict) -> dict:
+  """A saved or current config with `member_batches` as it acts: one model has no batches to share."""
+  if not _is_int(config.get("ensemble_size", 1)):
+    return config
+  return {**config, "member_batches": train_state.own_member_batches(config)}
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir that is a file, has files and folders swapped, or holds a run of another config."""
   _require(not os.path.exists(workdir) or os.path.isdir(workdir), f"workdir {workdir} exists and is not a folder")
@@ -241,8 +255,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config(workdir)
   if saved is None:
     return
-  current = json.loads(config.to_json())
-  saved = {**ADDED_FIELDS, **saved}
+  current = _by_effect(json.loads(config.to_json()))
+  saved = _by_effect({**ADDED_FIELDS, **saved})
   if isinstance(saved.get("model"), dict):
     saved["model"] = {**ADDED_MODEL_FIELDS, **saved["model"]}
   differing = sorted(

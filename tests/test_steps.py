@@ -5,7 +5,15 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_flax import BatchNormTrainState, TrainState, create_train_state, eval_step, train_step
+from mnist_flax import (
+  BatchNormTrainState,
+  TrainState,
+  create_ensemble_state,
+  create_train_state,
+  ensemble_train_step,
+  eval_step,
+  train_step,
+)
 
 
 def make_batch(key, n=8):
@@ -99,6 +107,21 @@ def test_any_linen_model_and_optax_optimizer_learn_a_fixed_batch(tx):
   for _ in range(30):
     state, _ = train_step(state, batch)
   assert float(eval_step(state, batch)["loss"]) < 0.5 * first
+
+
+@pytest.mark.parametrize("member_batches", [False, True])
+def test_ensemble_train_step_trains_each_member_on_the_shared_or_its_own_batch(config, member_batches):
+  config.ensemble_size, config.model.features, config.model.dense_features = 2, (4,), (8,)
+  state = create_ensemble_state(config, jax.random.PRNGKey(0), steps_per_epoch=4)
+  batches = [make_batch(jax.random.PRNGKey(i)) for i in range(2)]
+  stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches) if member_batches else batches[0]
+  new, metrics = ensemble_train_step(state, stacked, member_batches=member_batches)
+  assert metrics["loss"].shape == (2,)
+  for i in range(2):
+    alone, m = train_step(jax.tree.map(lambda x, i=i: x[i], state), batches[i if member_batches else 0])
+    np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
+    member = jax.tree.map(lambda x, i=i: x[i], new.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, alone.params)
 
 
 def test_eval_step_counts_only_masked_rows(state):

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import metric_writers, train
-from tests.conftest import MOCK_EXAMPLES, tensorboard_scalars
+from tests.conftest import MOCK_EXAMPLES, ROOT, tensorboard_scalars
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
@@ -24,6 +26,94 @@ def test_every_accepted_seed_has_its_own_keys():
 
   keys = {tuple(np.asarray(k).ravel()) for s in (0, 1, 2**31, MAX_SEED) for k in train.run_keys(s)}
   assert len(keys) == 8
+
+
+@pytest.mark.parametrize(
+  ("changes", "own"),
+  [
+    ({}, False),
+    ({"ensemble_size": 3}, False),
+    ({"ensemble_size": 3, "member_batches": "own"}, True),
+    ({"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2), "member_batches": "own"}, True),
+    ({"member_batches": "own"}, False),  # One model: there is nothing to share.
+  ],
+)
+def test_data_keys_give_each_member_its_own_key_only_when_its_batches_are_its_own(config, changes, own):
+  config.update_from_flattened_dict(changes)
+  keys = train.data_keys(config)
+  run_key = np.asarray(train.run_keys(config.seed)[1])
+  if own:
+    assert keys.shape == (config.ensemble_size, *run_key.shape)
+    assert len({tuple(k) for k in keys}) == config.ensemble_size and not (keys == run_key).all(axis=1).any()
+  else:
+    np.testing.assert_array_equal(keys, run_key)
+
+
+def test_each_member_has_its_own_epoch_order():
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  orders = np.asarray(train.epoch_order(keys, 2, 100))
+  assert orders.shape == (3, 100)
+  for key, order in zip(keys, orders, strict=True):
+    np.testing.assert_array_equal(order, train.epoch_order(key, 2, 100))
+  assert len({tuple(o) for o in orders}) == 3
+
+
+@pytest.mark.parametrize("member_batches", ["own", "shared"])
+def test_each_member_trains_as_a_single_model_on_its_batches(tiny_config, member_batches):
+  """A chunk of an ensemble gives each member what a chunk of that member alone, on the same data, gives."""
+  from mnist_flax import augment, parallel, train_state
+
+  tiny_config.update(ensemble_size=2, member_batches=member_batches, augment_max_rotation=10.0)
+  mesh, n, spe = parallel.create_mesh(), 4, 8
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (spe * tiny_config.batch_size, 28, 28, 1)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 10, len(images)), jnp.int32)
+  state = train.init_train_item(tiny_config, spe, mesh)["state"]
+  data_rng = jnp.asarray(train.data_keys(tiny_config))
+  order = train.epoch_order(data_rng, 0, len(labels))
+  chunk = train.make_train_chunk(n, tiny_config.batch_size, augment.Augmentation.from_config(tiny_config), False, mesh)
+  sums = train.zero_sums(parallel.replicated(mesh), (2,))
+  ensemble, _ = chunk(jax.tree.map(jnp.copy, state), sums, images, labels, order, jnp.int32(2), data_rng)
+  for i in range(2):
+    alone = jax.tree.map(lambda x, i=i: x[i], state)
+    key, member_order = (data_rng[i], order[i]) if member_batches == "own" else (data_rng, order)
+    sums = train.zero_sums(parallel.replicated(mesh))
+    single, _ = chunk(alone, sums, images, labels, member_order, jnp.int32(2), key)
+    member = jax.tree.map(lambda x, i=i: x[i], ensemble.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single.params)
+  assert train_state.own_member_batches(tiny_config) == (member_batches == "own")
+
+
+OWN_BATCHES_ON_EIGHT_DEVICES = """
+import jax, jax.numpy as jnp, numpy as np
+from configs import default
+from mnist_flax import augment, parallel, train
+from tests.conftest import TINY_OVERRIDES
+assert jax.device_count() == 8, jax.devices()
+config = default.get_config()
+config.update_from_flattened_dict({**TINY_OVERRIDES, "ensemble_size": 2, "member_batches": "own"})
+rng = np.random.default_rng(0)
+data = (rng.integers(0, 256, (128, 28, 28, 1)).astype(np.uint8), rng.integers(0, 10, 128).astype(np.int32))
+params = []
+for mesh in (jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), parallel.create_mesh()):
+  item = train.init_train_item(config, 8, mesh)
+  images, labels, key = parallel.put_replicated((*data, train.data_keys(config)), mesh)
+  order = train.epoch_order_fn(mesh)(key, 0, 128)
+  chunk = train.make_train_chunk(4, config.batch_size, augment.Augmentation.from_config(config), False, mesh)
+  state, _ = chunk(item["state"], item["sums"], images, labels, order, jnp.int32(0), key)
+  params.append(jax.device_get(state.params))
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *params)
+print("ok")
+"""
+
+
+def test_members_own_batches_split_over_eight_devices_train_as_on_one():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(
+    [sys.executable, "-c", OWN_BATCHES_ON_EIGHT_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith("ok")
 
 
 def test_steps_per_dispatch_defaults_per_backend(config):
@@ -72,7 +162,9 @@ SWEEP = {"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2)}
 
 
 @pytest.mark.parametrize(
-  "members", [{}, SWEEP, {"model.batch_norm": True, "ensemble_size": 2}], ids=["single", "sweep", "batch_norm"]
+  "members",
+  [{}, SWEEP, {"model.batch_norm": True, "ensemble_size": 2}, {"ensemble_size": 2, "member_batches": "own"}],
+  ids=["single", "sweep", "batch_norm", "own_batches"],
 )
 def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch, members):
   tiny_config.data_dir = mock_data_dir

@@ -53,6 +53,7 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
     ("member_learning_rates", (1e-3, 0.0), "member_learning_rates must be positive finite numbers"),
     ("member_learning_rates", (float("nan"),), "member_learning_rates must be positive finite numbers"),
     ("member_learning_rates", (1e-3, 1e-2), "has 2 rates for 1 ensemble members"),
+    ("member_batches", "mine", "member_batches must be one of 'shared', 'own'"),
   ],
 )
 def test_bad_values_are_refused_in_one_line(config, field, value, message):
@@ -184,3 +185,21 @@ def test_a_run_from_before_the_added_fields_resumes(config, tmp_path):
   config.ensemble_size, config.augment_max_rotation, config.model.batch_norm = 1, 0.0, True
   with pytest.raises(ConfigError, match=r"different config \(model\)"):
     validation.check_workdir(config, str(tmp_path))
+
+
+def test_member_batches_compare_by_what_they_do(config, tmp_path):
+  """An ensemble saved before `member_batches` shared its batches; for one model the field changes nothing."""
+  config.ensemble_size = 2
+  saved = json.loads(config.to_json())
+  del saved["member_batches"]
+  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
+  validation.check_workdir(config, str(tmp_path))
+  config.member_batches = "own"
+  with pytest.raises(ConfigError, match=r"different config \(member_batches\)"):
+    validation.check_workdir(config, str(tmp_path))
+  config.ensemble_size = 1  # One model: nothing to share; only the size differs.
+  with pytest.raises(ConfigError, match=r"different config \(ensemble_size\)"):
+    validation.check_workdir(config, str(tmp_path))
+  saved["ensemble_size"] = 1
+  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
+  validation.check_workdir(config, str(tmp_path))
