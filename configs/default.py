@@ -49,9 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment_elastic_sigma = 4.0
   config.seed = 0
   # Members trained side by side as one vmapped state (each its own initialisation and dropout
-  # keys; batches as member_batches says); evaluation reports each member and the ensemble (the mean of their
-  # class probabilities). member_learning_rates, if given, sweeps the schedule's peak instead:
-  # one rate per member, e.g. --config.ensemble_size=3 --config.member_learning_rates="(1e-3,3e-3,1e-2)".
+  # keys, batches as member_batches says); evaluation reports each member and the ensemble (the
+  # mean of their class probabilities). member_learning_rates, if given, sweeps the schedule's peak
+  # instead: one rate per member, e.g. --config.ensemble_size=3 --config.member_learning_rates="(1e-3,3e-3,1e-2)".
   config.ensemble_size = 1
   config.member_learning_rates = ()
   # Which batches the members train on: "shared" (all the same, as runs of one seed) or "own" (each
