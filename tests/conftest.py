@@ -105,6 +105,16 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 900) -> subpr
   )
 
 
+def assert_script_runs_on_eight_devices(script: str) -> None:
+  """Runs `python -c script` from the repository root on 8 CPU devices; it must exit 0 and print "ok" last."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(
+    [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith("ok")
+
+
 MOCK_EXAMPLES = 160
 
 

@@ -1,11 +1,8 @@
-import subprocess
-import sys
-
 import jax
 import numpy as np
 
 from mnist_flax import parallel
-from tests.conftest import ROOT
+from tests.conftest import assert_script_runs_on_eight_devices
 
 
 def test_mesh_spans_every_device_on_one_data_axis():
@@ -45,15 +42,4 @@ print("ok")
 
 
 def test_a_step_on_eight_devices_matches_one_device():
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run(
-    [sys.executable, "-c", EIGHT_DEVICE_STEP],
-    cwd=ROOT,
-    env={**__import__("os").environ, **env},
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip().endswith("ok")
+  assert_script_runs_on_eight_devices(EIGHT_DEVICE_STEP)

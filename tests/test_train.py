@@ -1,15 +1,13 @@
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import metric_writers, train
-from tests.conftest import MOCK_EXAMPLES, ROOT, tensorboard_scalars
+from mnist_flax import augment, metric_writers, parallel, train
+from tests.conftest import MOCK_EXAMPLES, assert_script_runs_on_eight_devices, tensorboard_scalars
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
@@ -60,8 +58,6 @@ def test_each_member_has_its_own_epoch_order():
 
 def test_each_member_trains_as_a_single_model_on_its_own_batches(tiny_config):
   """A chunk of members with their own batches gives each what a chunk of that member alone on its key gives."""
-  from mnist_flax import augment, parallel
-
   tiny_config.update(ensemble_size=2, member_batches="own", augment_max_rotation=10.0)
   mesh, n, spe = parallel.create_mesh(), 4, 8
   rng = np.random.default_rng(0)
@@ -105,12 +101,7 @@ print("ok")
 
 
 def test_members_own_batches_split_over_eight_devices_train_as_on_one():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run(
-    [sys.executable, "-c", OWN_BATCHES_ON_EIGHT_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip().endswith("ok")
+  assert_script_runs_on_eight_devices(OWN_BATCHES_ON_EIGHT_DEVICES)
 
 
 def test_steps_per_dispatch_defaults_per_backend(config):
