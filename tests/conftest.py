@@ -105,9 +105,13 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 900) -> subpr
   )
 
 
+# The environment of a process with 8 simulated CPU devices.
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
 def assert_script_runs_on_eight_devices(script: str) -> None:
   """Runs `python -c script` from the repository root on 8 CPU devices; it must exit 0 and print "ok" last."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, **EIGHT_DEVICES, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(
     [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
   )

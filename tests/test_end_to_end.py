@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 from mnist_flax import input_pipeline, metric_writers, plots
-from tests.conftest import ROOT, run_main, run_module, tensorboard_scalars
+from tests.conftest import EIGHT_DEVICES, ROOT, run_main, run_module, tensorboard_scalars
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 CHECKPOINT_EVERY = 18  # Every chunk of 18 steps (468 = 26 x 18).
 
 

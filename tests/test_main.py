@@ -10,7 +10,7 @@ import pytest
 
 from mnist_flax import input_pipeline
 from tests import conftest
-from tests.conftest import ROOT, run_main, tiny_flags
+from tests.conftest import EIGHT_DEVICES, ROOT, run_main, tiny_flags
 
 BAD_INPUTS = {
   "zero batch": (["--config.batch_size=0"], "config.batch_size must be a positive integer"),
@@ -63,7 +63,7 @@ def test_batch_size_not_divisible_by_devices_is_refused(tmp_path):
   result = run_main(
     "--config.batch_size=100",
     f"--workdir={tmp_path / 'run'}",
-    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    env=EIGHT_DEVICES,
   )
   assert_one_line_error(result, "config.batch_size 100 is not divisible by the 8 devices")
 

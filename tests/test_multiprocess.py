@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from mnist_flax import inference, locking
-from tests.conftest import ROOT, assert_one_line_error, run_main, tiny_flags
+from tests.conftest import EIGHT_DEVICES, ROOT, assert_one_line_error, run_main, tiny_flags
 
 EPOCHS = 6
 PROCESSES, DEVICES_EACH = 2, 4
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # One process, as many devices as the two.
 
 
 def device_env(count: int) -> dict[str, str]:
@@ -65,7 +64,7 @@ def run_args(mock_data_dir, workdir) -> list[str]:
 def single(mock_data_dir, tmp_path_factory):
   """The run uninterrupted in one process with 8 devices: its workdir."""
   workdir = tmp_path_factory.mktemp("single") / "run"
-  result = run_main(*run_args(mock_data_dir, workdir), env=EIGHT_DEVICES)
+  result = run_main(*run_args(mock_data_dir, workdir), env=EIGHT_DEVICES)  # One process, as many devices as the two.
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
