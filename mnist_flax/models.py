@@ -90,7 +90,84 @@ def _conv_patch_grad_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -
 
 
 conv_patch_grad.defvjp(_conv_patch_grad_fwd, _conv_patch_grad_bwd)
+
+
+def pool_windows(x: jax.Array, kernel_size: int) -> jax.Array:
+  """The input windows of a VALID k x k convolution's 2x2 pool windows: [B, H, W, C] -> [B, Ho, Wo, (k+1)^2 C].
+
+  Window (i, j) is the (k+1) x (k+1) patch at (2i, 2j): all the inputs of the four convolution
+  outputs that the pool's window (i, j) takes the maximum of. Ho, Wo are the pooled sides (an odd
+  convolution output side drops its last row or column, as the pool does). The last axis is
+  ordered (row, column, channel).
+  """
+  s = kernel_size + 1
+  _, h, w, _ = x.shape
+  ho, wo = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
+  return jnp.concatenate(
+    [x[:, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(s) for j in range(s)], axis=-1
+  )
+
+
+def pool_window_kernel(kernel: jax.Array) -> jax.Array:
+  """A [k, k, C, F] kernel as the [(k+1)^2 C, 4 F] matrix from `pool_windows` to each pool window's four outputs.
+
+  Columns [q F, (q+1) F) compute the output at offset q = 2 di + dj of the window (row-major, as the
+  pool scans it).
+  """
+  k, _, channels, features = kernel.shape
+  shifted = [jnp.pad(kernel, ((di, 1 - di), (dj, 1 - dj), (0, 0), (0, 0))) for di in range(2) for dj in range(2)]
+  return jnp.stack([w.reshape((k + 1) ** 2 * channels, features) for w in shifted], axis=1).reshape(-1, 4 * features)
+
+
+def _first_max_of_four(y: jax.Array, m: jax.Array, g: jax.Array) -> jax.Array:
+  """Gradient `g` [N, F] routed to the first of the four [N, 4, F] candidates `y` equal to their maximum `m`."""
+  taken = jnp.zeros(m.shape, bool)  # Whether an earlier offset held the maximum.
+  routed = []
+  for q in range(4):
+    first = (y[:, q, :] == m) & ~taken
+    taken = taken | first
+    routed.append(jnp.where(first, g, 0))
+  return jnp.stack(routed, axis=1)
+
+
+@jax.custom_vjp
+def conv_max_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`max_pool_2x2(xla_conv(x, kernel))`, as one matrix product of `pool_windows` with `pool_window_kernel`.
+
+  The same values up to rounding, and the same gradients (each pool window's gradient goes to its
+  first maximum). For a single-channel input (the images) XLA:CPU trains this about 1.2x faster per
+  step of the seed network than the convolution as a patch product followed by the pool: the
+  product has 16 rows instead of 9 and 4x fewer columns, and the kernel gradient is one matrix
+  product of the windows with the routed pool gradient.
+  """
+  return _conv_max_pool_fwd(x, kernel)[0]
+
+
+def _conv_max_pool_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple]:
+  k, features = kernel.shape[0], kernel.shape[-1]
+  windows = pool_windows(x, k)
+  b, ho, wo, n = windows.shape
+  windows = windows.reshape(-1, n)
+  y = (windows @ pool_window_kernel(kernel)).reshape(-1, 4, features)
+  m = y.max(axis=1)
+  return m.reshape(b, ho, wo, features), (x, kernel, windows, y, m)
+
+
+def _conv_max_pool_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  x, kernel, windows, y, m = residuals
+  routed = _first_max_of_four(y, m, g.reshape(m.shape)).reshape(m.shape[0], -1)
+  w, kernel_vjp = jax.vjp(pool_window_kernel, kernel)
+  d_w = (routed.T @ windows).T  # XLA:CPU transposes the small product, not the large operand.
+  d_windows = (routed @ w.T).reshape(*g.shape[:3], -1)
+  d_x = jax.vjp(lambda x: pool_windows(x, kernel.shape[0]), x)[1](d_windows)[0]  # Dead code for input images.
+  return d_x, kernel_vjp(d_w)[0]
+
+
+conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
 CONV_IMPLS = ("xla", "patches", "patch_grad")
+# How the CNN can compute its convolutions: `Conv`'s three, and "pooled" ("patches", with a block on
+# a single-channel input, the images, computed as one pooled convolution: `conv_max_pool`).
+CNN_CONV_IMPLS = (*CONV_IMPLS, "pooled")
 
 
 class Conv(nn.Module):
@@ -101,22 +178,29 @@ class Conv(nn.Module):
   matrix product, where XLA's convolution becomes a grouped convolution that XLA:CPU runs about
   3x slower. `"patch_grad"` is XLA's convolution with the kernel gradient of `"patches"`
   (`conv_patch_grad`). All three give the same values and gradients up to rounding.
+
+  `pool=True` also takes the 2x2 max pool (`max_pool_2x2`) of the output, computed together with
+  the convolution as `conv_max_pool` (whatever `impl`), the bias added after the pool: the same
+  values, and under a ReLU the same as pooling the ReLU of the unpooled output.
   """
 
   features: int
   kernel_size: int = 3
   padding: str = "VALID"
   impl: str = "xla"
+  pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps NHWC `x` to NHWC outputs with `features` channels (same spatial size if padding is "SAME")."""
+    """Maps NHWC `x` to NHWC outputs with `features` channels (the same size if padding is "SAME", halved if pooled)."""
     k, channels = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, channels, self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     if self.padding == "SAME":
       x = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))
-    if self.impl == "patches":
+    if self.pool:
+      y = conv_max_pool(x, kernel)
+    elif self.impl == "patches":
       y = patches(x, k) @ kernel.reshape(k * k * channels, self.features)
     elif self.impl == "patch_grad":
       y = conv_patch_grad(x, kernel)
@@ -136,7 +220,8 @@ class CNN(nn.Module):
     features: Output channels of each conv block (conv -> ReLU -> 2x2 max-pool).
     kernel_size: Side of the square conv kernels.
     padding: Conv padding, "VALID" or "SAME".
-    conv_impl: How the convolutions are computed, "xla", "patches" or "patch_grad" (see `Conv`).
+    conv_impl: How the convolutions are computed, "xla", "patches" or "patch_grad" (see `Conv`), or
+      "pooled" ("patches", the first block as one pooled convolution, `conv_max_pool`).
     convs_per_block: Number of conv + ReLU layers before each pool.
     batch_norm: Whether each conv and hidden dense layer is followed by `nn.BatchNorm` (before the
       ReLU): the batch's statistics when `train`, the running ones (the `batch_stats` collection)
@@ -156,6 +241,15 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   num_classes: int = NUM_CLASSES
 
+  def _pools_in_conv(self, x: jax.Array) -> bool:
+    """Whether a block on input `x` is computed as one pooled convolution (`conv_max_pool`).
+
+    With `conv_impl="pooled"`, a single conv per block and no batch norm, for a single-channel input
+    (the images): there XLA:CPU trains it faster, while on the second block's 32 channels it was
+    measured about 10 % slower per step of the seed network.
+    """
+    return self.conv_impl == "pooled" and self.convs_per_block == 1 and not self.batch_norm and x.shape[-1] == 1
+
   def _normalise(self, x: jax.Array, train: bool) -> jax.Array:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x) if self.batch_norm else x
 
@@ -164,12 +258,17 @@ class CNN(nn.Module):
     """Maps float images in [0, 1], shaped [B, 28, 28, 1], to logits [B, num_classes]."""
     x = images
     n = 0
+    impl = "patches" if self.conv_impl == "pooled" else self.conv_impl
     for f in self.features:
       if self.padding == "VALID":  # Drop the input rows and columns that only feed what the pool drops.
         reach = self.convs_per_block * (self.kernel_size - 1)
         x = x[:, : (x.shape[1] - reach) // 2 * 2 + reach, : (x.shape[2] - reach) // 2 * 2 + reach, :]
+      if self._pools_in_conv(x):
+        x = nn.relu(Conv(f, self.kernel_size, self.padding, impl, pool=True, name=f"Conv_{n}")(x))
+        n += 1
+        continue
       for _ in range(self.convs_per_block):
-        x = Conv(f, self.kernel_size, self.padding, self.conv_impl, name=f"Conv_{n}")(x)
+        x = Conv(f, self.kernel_size, self.padding, impl, name=f"Conv_{n}")(x)
         x = nn.relu(self._normalise(x, train))
         n += 1
       x = max_pool_2x2(x)

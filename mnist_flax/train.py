@@ -110,10 +110,11 @@ def unrolled(config: ml_collections.ConfigDict) -> bool:
 
   "auto" is rolled except on CPU with XLA's convolutions in the training step (`conv_impl` "xla" or
   "patch_grad"): XLA:CPU runs those about 9x slower inside a rolled loop (the seed network: 738
-  against 81 ms per step), while patch products run as fast rolled and compile about 5x faster.
+  against 81 ms per step), while patch products ("patches", "pooled") run as fast rolled and compile
+  about 5x faster.
   """
   if config.scan == "auto":
-    return jax.default_backend() == "cpu" and train_state.conv_impl(config) != "patches"
+    return jax.default_backend() == "cpu" and train_state.conv_impl(config) not in ("patches", "pooled")
   return config.scan == "unrolled"
 
 

@@ -41,7 +41,7 @@ ADDED_FIELDS = {
 ADDED_MODEL_FIELDS = {"batch_norm": False}  # The same, for the `model` section.
 SCAN_MODES = ("auto", "unrolled", "rolled")
 MEMBER_BATCHES = ("shared", "own")
-CONV_IMPLS = ("auto", *models.CONV_IMPLS)
+CONV_IMPLS = ("auto", *models.CNN_CONV_IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
 

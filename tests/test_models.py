@@ -133,7 +133,7 @@ def test_patches_are_ordered_as_a_flattened_kernel():
   np.testing.assert_array_equal(p[1, 1, 2].reshape(3, 3, 3), x[1, 1:4, 2:5, :])
 
 
-@pytest.mark.parametrize("impl", ["patches", "patch_grad"])
+@pytest.mark.parametrize("impl", ["patches", "patch_grad", "pooled"])
 def test_the_cnn_is_the_same_function_with_its_gradients(config, impl):
   model, other = models.create_model(config.model), models.create_model(config.model, impl)
   params = init(model)
@@ -172,7 +172,7 @@ def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, ke
   # Blocks whose convolutions leave an odd side get their input cropped: the logits must not change.
   config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
   config.model.dense_features = (16,)
-  model = models.create_model(config.model, "patches")
+  model = models.create_model(config.model, "pooled")  # The first block pooled in its conv, the others patches.
   reference = FlaxLayersCNN(features, kernel_size, convs_per_block)
   images = jax.random.uniform(jax.random.PRNGKey(5), (3, 28, 28, 1))
 
@@ -183,3 +183,66 @@ def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, ke
 
   ours, expected = both(images)
   np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_windows_are_the_inputs_of_each_pool_window():
+  x = jnp.arange(2 * 9 * 8 * 2, dtype=jnp.float32).reshape(2, 9, 8, 2)
+  windows = models.pool_windows(x, 3)  # Conv outputs 7x6: pooled 3x3, the odd last row dropped.
+  assert windows.shape == (2, 3, 3, 32)
+  np.testing.assert_array_equal(windows[1, 2, 1].reshape(4, 4, 2), x[1, 4:8, 2:6, :])
+
+
+@pytest.mark.parametrize("shape,kernel_size", [((2, 28, 28, 1), 3), ((3, 9, 8, 3), 2), ((1, 12, 12, 4), 3)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_conv_max_pool_matches_the_pooled_convolution_in_values_and_gradients(shape, kernel_size, ties):
+  rng = np.random.default_rng(1)
+  x = rng.integers(-2, 3, size=shape) if ties else rng.normal(size=shape)  # Small integers: exact sums, many ties.
+  kernel = (
+    rng.integers(-1, 2, size=(kernel_size, kernel_size, shape[-1], 5))
+    if ties
+    else rng.normal(size=(kernel_size, kernel_size, shape[-1], 5))
+  )
+  x, kernel = jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32)
+
+  def value_and_grads(f):
+    # With ties, integer output gradients keep the input and kernel gradients' sums exact too.
+    g = lambda y: jnp.round(3 * jnp.cos(jnp.arange(y.size).reshape(y.shape))) if ties else jnp.sin(y)  # noqa: E731
+    loss = lambda x, k: jnp.sum(f(x, k) * jax.lax.stop_gradient(g(f(x, k))))  # noqa: E731
+    return jax.jit(lambda x, k: (f(x, k), jax.grad(loss, argnums=(0, 1))(x, k)))(x, kernel)
+
+  ours = value_and_grads(models.conv_max_pool)
+  expected = value_and_grads(lambda x, k: models.max_pool_2x2(models.xla_conv(x, k)))
+  if ties:  # Exact arithmetic: the same maxima, each window's gradient to the same (first) one.
+    jax.tree.map(np.testing.assert_array_equal, ours, expected)
+  else:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), ours, expected)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_a_pooled_conv_is_the_pool_of_the_conv_with_the_same_parameters(padding):
+  x = jax.random.normal(jax.random.PRNGKey(6), (2, 11, 10, 1))
+  params = jax.jit(models.Conv(4, 3, padding, "patches").init)(jax.random.PRNGKey(7), x)
+  pooled = models.Conv(4, 3, padding, "patches", pool=True)
+  assert jax.tree.map(jnp.shape, pooled.init(jax.random.PRNGKey(7), x)) == jax.tree.map(jnp.shape, params)
+  ours, expected = jax.jit(
+    lambda p, x: (pooled.apply(p, x), models.max_pool_2x2(models.Conv(4, 3, padding, "patches").apply(p, x)))
+  )(params, x)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_only_the_single_channel_block_of_pooled_convolutions_pools_in_the_conv(seed_config):
+  def conv_output_shapes(conv_impl, **changes):
+    model = models.create_model(ml_collections.ConfigDict({**seed_config.model, **changes}), conv_impl)
+    images = jnp.zeros((1, 28, 28, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
+    _, state = jax.eval_shape(
+      lambda v: model.apply(v, images, train=False, capture_intermediates=True, mutable=["intermediates"]), variables
+    )
+    return {name: out["__call__"][0].shape for name, out in state["intermediates"].items() if name.startswith("Conv")}
+
+  assert conv_output_shapes("pooled") == {"Conv_0": (1, 13, 13, 32), "Conv_1": (1, 10, 10, 64)}
+  assert conv_output_shapes("xla") == {"Conv_0": (1, 26, 26, 32), "Conv_1": (1, 10, 10, 64)}
+  for impl in ("patches", "patch_grad"):
+    assert conv_output_shapes(impl)["Conv_0"] == (1, 26, 26, 32)
+  assert conv_output_shapes("pooled", batch_norm=True)["Conv_0"] == (1, 26, 26, 32)
+  assert conv_output_shapes("pooled", convs_per_block=2)["Conv_0"] == (1, 26, 26, 32)

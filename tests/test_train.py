@@ -288,6 +288,10 @@ def test_scan_modes(config):
   assert train.unrolled(config) == (jax.default_backend() == "cpu")
   config.conv_impl = "patch_grad"
   assert train.unrolled(config) == (jax.default_backend() == "cpu")
+  for impl in ("patches", "pooled"):
+    config.conv_impl = impl
+    assert not train.unrolled(config)
+  config.conv_impl = "patch_grad"
   config.scan = "rolled"
   assert not train.unrolled(config)
   config.scan = "unrolled"

@@ -47,7 +47,7 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
     ("augment_elastic_sigma", 0.0, "augment_elastic_sigma must be a number of pixels in"),
     ("augment_elastic_sigma", 15.0, "augment_elastic_sigma must be a number of pixels in"),
     ("scan", "sometimes", "scan must be one of 'auto', 'unrolled', 'rolled'"),
-    ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches', 'patch_grad'"),
+    ("conv_impl", "fft", "conv_impl must be one of 'auto', 'xla', 'patches', 'patch_grad', 'pooled'"),
     ("ensemble_size", 0, "ensemble_size must be an integer in"),
     ("ensemble_size", 65, "ensemble_size must be an integer in"),
     ("member_learning_rates", (1e-3, 0.0), "member_learning_rates must be positive finite numbers"),
