@@ -95,8 +95,9 @@ def test_members_are_stacked_with_their_own_keys(small_config):
   assert not np.array_equal(kernels[0], kernels[1]) and not np.array_equal(state.rng[0], state.rng[1])
 
 
-def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_config):
-  small_config.ensemble_size = 2
+@pytest.mark.parametrize("impl", ["auto", "pooled"])  # "pooled": its custom gradient vmapped over members too.
+def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_config, impl):
+  small_config.ensemble_size, small_config.conv_impl = 2, impl
   small_config.member_learning_rates = (1e-3, 3e-2)
   state = create_ensemble_state(small_config, jax.random.PRNGKey(3), steps_per_epoch=4)
   rng = np.random.default_rng(0)
