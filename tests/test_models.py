@@ -192,7 +192,9 @@ def test_pool_windows_are_the_inputs_of_each_pool_window():
   np.testing.assert_array_equal(windows[1, 2, 1].reshape(4, 4, 2), x[1, 4:8, 2:6, :])
 
 
-@pytest.mark.parametrize("shape,kernel_size", [((2, 28, 28, 1), 3), ((3, 9, 8, 3), 2), ((1, 12, 12, 4), 3)])
+@pytest.mark.parametrize(
+  "shape,kernel_size", [((2, 28, 28, 1), 3), ((3, 9, 8, 3), 2), ((1, 12, 12, 4), 3), ((2, 13, 12, 1), 5)]
+)
 @pytest.mark.parametrize("ties", [False, True])
 def test_conv_max_pool_matches_the_pooled_convolution_in_values_and_gradients(shape, kernel_size, ties):
   rng = np.random.default_rng(1)
