@@ -32,19 +32,23 @@ def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Arr
   return y, (x, y)
 
 
+def _route_to_first_max(candidates: Sequence[jax.Array], m: jax.Array, g: jax.Array) -> list[jax.Array]:
+  """Gradient `g` for each candidate: `g` where it is the first (in order) equal to their maximum `m`, else 0."""
+  taken = jnp.zeros(m.shape, bool)  # Whether an earlier candidate held the maximum.
+  routed = []
+  for candidate in candidates:
+    first = (candidate == m) & ~taken
+    taken = taken | first
+    routed.append(jnp.where(first, g, 0))
+  return routed
+
+
 def _max_pool_2x2_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
   x, y = residuals
   b, h, w, c = x.shape
   windows = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
-  taken = jnp.zeros(y.shape, bool)  # Whether an earlier position of the window held the maximum.
-  rows = []
-  for i in range(2):
-    row = []
-    for j in range(2):
-      first = (windows[:, :, i, :, j, :] == y) & ~taken
-      taken = taken | first
-      row.append(jnp.where(first, g, 0))
-    rows.append(jnp.stack(row, axis=-2))
+  routed = _route_to_first_max([windows[:, :, i, :, j, :] for i in range(2) for j in range(2)], y, g)
+  rows = [jnp.stack(routed[2 * i : 2 * i + 2], axis=-2) for i in range(2)]
   d_x = jnp.stack(rows, axis=2).reshape(b, h // 2 * 2, w // 2 * 2, c)
   return (jnp.pad(d_x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
@@ -119,17 +123,6 @@ def pool_window_kernel(kernel: jax.Array) -> jax.Array:
   return jnp.stack([w.reshape((k + 1) ** 2 * channels, features) for w in shifted], axis=1).reshape(-1, 4 * features)
 
 
-def _first_max_of_four(y: jax.Array, m: jax.Array, g: jax.Array) -> jax.Array:
-  """Gradient `g` [N, F] routed to the first of the four [N, 4, F] candidates `y` equal to their maximum `m`."""
-  taken = jnp.zeros(m.shape, bool)  # Whether an earlier offset held the maximum.
-  routed = []
-  for q in range(4):
-    first = (y[:, q, :] == m) & ~taken
-    taken = taken | first
-    routed.append(jnp.where(first, g, 0))
-  return jnp.stack(routed, axis=1)
-
-
 @jax.custom_vjp
 def conv_max_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`max_pool_2x2(xla_conv(x, kernel))`, as one matrix product of `pool_windows` with `pool_window_kernel`.
@@ -156,7 +149,8 @@ def _conv_max_pool_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tupl
 
 def _conv_max_pool_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
   x, kernel, windows, y, m = residuals
-  routed = _first_max_of_four(y, m, g.reshape(m.shape)).reshape(m.shape[0], -1)
+  routed = jnp.stack(_route_to_first_max([y[:, q, :] for q in range(4)], m, g.reshape(m.shape)), axis=1)
+  routed = routed.reshape(m.shape[0], -1)
   w, kernel_vjp = jax.vjp(pool_window_kernel, kernel)
   d_w = (routed.T @ windows).T  # XLA:CPU transposes the small product, not the large operand.
   d_windows = (routed @ w.T).reshape(*g.shape[:3], -1)

@@ -114,7 +114,7 @@ def unrolled(config: ml_collections.ConfigDict) -> bool:
   about 5x faster.
   """
   if config.scan == "auto":
-    return jax.default_backend() == "cpu" and train_state.conv_impl(config) not in ("patches", "pooled")
+    return jax.default_backend() == "cpu" and train_state.conv_impl(config) in ("xla", "patch_grad")
   return config.scan == "unrolled"
 
 

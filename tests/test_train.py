@@ -291,7 +291,6 @@ def test_scan_modes(config):
   for impl in ("patches", "pooled"):
     config.conv_impl = impl
     assert not train.unrolled(config)
-  config.conv_impl = "patch_grad"
   config.scan = "rolled"
   assert not train.unrolled(config)
   config.scan = "unrolled"
