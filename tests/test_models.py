@@ -97,7 +97,7 @@ def test_batch_norm_keeps_running_statistics_used_outside_training(config):
 
 def test_summary_lists_layers_shapes_and_total(seed_config):
   table = models.summary(models.create_model(seed_config.model))
-  for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,26,26,32]", "[1,1600]", "225,034"):
+  for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,24,24,32]", "[1,1600]", "225,034"):
     assert text in table
 
 
@@ -169,7 +169,7 @@ class FlaxLayersCNN(nn.Module):
 
 @pytest.mark.parametrize("features,kernel_size,convs_per_block", [((8, 16), 3, 1), ((8, 16), 4, 2), ((4, 8, 8), 2, 1)])
 def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, kernel_size, convs_per_block):
-  # Blocks whose convolutions leave an odd side get their input cropped: the logits must not change.
+  # Each block's input is cropped to what the last pool uses: the logits and gradients must not change.
   config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
   config.model.dense_features = (16,)
   model = models.create_model(config.model, "pooled")  # The first block pooled in its conv, the others patches.
@@ -179,10 +179,25 @@ def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, ke
   @jax.jit  # One compilation instead of one per operation.
   def both(images):
     params = init(model)
-    return model.apply({"params": params}, images, train=False), reference.apply({"params": params}, images)
+    outputs = []
+    for apply in (
+      lambda p: model.apply({"params": p}, images, train=False),
+      lambda p: reference.apply({"params": p}, images),
+    ):
+      outputs.append((apply(params), jax.grad(lambda p: jnp.sum(jnp.sin(apply(p))))(params)))  # noqa: B023
+    return outputs
 
-  ours, expected = both(images)
+  (ours, our_grads), (expected, expected_grads) = both(images)
   np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), our_grads, expected_grads)
+
+
+@pytest.mark.parametrize(
+  "side,blocks,reach,expected",
+  [(28, 2, 2, [26, 12]), (28, 1, 2, [28]), (28, 2, 6, [26, 10]), (28, 3, 1, [23, 11, 5]), (13, 1, 2, [12])],
+)
+def test_used_input_sides_keep_what_reaches_the_last_pool(side, blocks, reach, expected):
+  assert models.used_input_sides(side, blocks, reach) == expected
 
 
 def test_pool_windows_are_the_inputs_of_each_pool_window():
@@ -242,9 +257,10 @@ def test_only_the_single_channel_block_of_pooled_convolutions_pools_in_the_conv(
     )
     return {name: out["__call__"][0].shape for name, out in state["intermediates"].items() if name.startswith("Conv")}
 
-  assert conv_output_shapes("pooled") == {"Conv_0": (1, 13, 13, 32), "Conv_1": (1, 10, 10, 64)}
-  assert conv_output_shapes("xla") == {"Conv_0": (1, 26, 26, 32), "Conv_1": (1, 10, 10, 64)}
+  # The image is cropped to the 26x26 that the second block's 12x12 input needs.
+  assert conv_output_shapes("pooled") == {"Conv_0": (1, 12, 12, 32), "Conv_1": (1, 10, 10, 64)}
+  assert conv_output_shapes("xla") == {"Conv_0": (1, 24, 24, 32), "Conv_1": (1, 10, 10, 64)}
   for impl in ("patches", "patch_grad"):
-    assert conv_output_shapes(impl)["Conv_0"] == (1, 26, 26, 32)
-  assert conv_output_shapes("pooled", batch_norm=True)["Conv_0"] == (1, 26, 26, 32)
+    assert conv_output_shapes(impl)["Conv_0"] == (1, 24, 24, 32)
+  assert conv_output_shapes("pooled", batch_norm=True)["Conv_0"] == (1, 24, 24, 32)
   assert conv_output_shapes("pooled", convs_per_block=2)["Conv_0"] == (1, 26, 26, 32)
