@@ -97,7 +97,7 @@ def test_batch_norm_keeps_running_statistics_used_outside_training(config):
 
 def test_summary_lists_layers_shapes_and_total(seed_config):
   table = models.summary(models.create_model(seed_config.model))
-  for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,24,24,32]", "[1,1600]", "225,034"):
+  for text in ("Conv_0", "Conv_1", "Dense_0", "Dense_1", "[1,26,26,32]", "[1,1600]", "225,034"):
     assert text in table
 
 
@@ -167,12 +167,13 @@ class FlaxLayersCNN(nn.Module):
     return nn.Dense(10, name="Dense_1")(x)
 
 
+@pytest.mark.parametrize("impl", ["pooled", "patches"])
 @pytest.mark.parametrize("features,kernel_size,convs_per_block", [((8, 16), 3, 1), ((8, 16), 4, 2), ((4, 8, 8), 2, 1)])
-def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, kernel_size, convs_per_block):
-  # Each block's input is cropped to what the last pool uses: the logits and gradients must not change.
+def test_the_cropped_blocks_compute_the_flax_layers_network(config, features, kernel_size, convs_per_block, impl):
+  # Blocks' inputs are cropped to what their pool, or the last pool, uses: logits and gradients must not change.
   config.model.update(features=features, kernel_size=kernel_size, convs_per_block=convs_per_block)
   config.model.dense_features = (16,)
-  model = models.create_model(config.model, "pooled")  # The first block pooled in its conv, the others patches.
+  model = models.create_model(config.model, impl)  # "pooled": the first block pooled in its conv, where it can be.
   reference = FlaxLayersCNN(features, kernel_size, convs_per_block)
   images = jax.random.uniform(jax.random.PRNGKey(5), (3, 28, 28, 1))
 
@@ -257,10 +258,10 @@ def test_only_the_single_channel_block_of_pooled_convolutions_pools_in_the_conv(
     )
     return {name: out["__call__"][0].shape for name, out in state["intermediates"].items() if name.startswith("Conv")}
 
-  # The image is cropped to the 26x26 that the second block's 12x12 input needs.
+  # Pooled, the image is cropped to the 26x26 that the second block's 12x12 input needs.
   assert conv_output_shapes("pooled") == {"Conv_0": (1, 12, 12, 32), "Conv_1": (1, 10, 10, 64)}
-  assert conv_output_shapes("xla") == {"Conv_0": (1, 24, 24, 32), "Conv_1": (1, 10, 10, 64)}
+  assert conv_output_shapes("xla") == {"Conv_0": (1, 26, 26, 32), "Conv_1": (1, 10, 10, 64)}
   for impl in ("patches", "patch_grad"):
-    assert conv_output_shapes(impl)["Conv_0"] == (1, 24, 24, 32)
-  assert conv_output_shapes("pooled", batch_norm=True)["Conv_0"] == (1, 24, 24, 32)
+    assert conv_output_shapes(impl)["Conv_0"] == (1, 26, 26, 32)
+  assert conv_output_shapes("pooled", batch_norm=True)["Conv_0"] == (1, 26, 26, 32)
   assert conv_output_shapes("pooled", convs_per_block=2)["Conv_0"] == (1, 26, 26, 32)
