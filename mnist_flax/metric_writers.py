@@ -40,6 +40,7 @@ RECORD_TAGS = {
   "test_accuracy": "test/accuracy",
   "test_count": "test/count",
   "epoch_s": "time/epoch_s",
+  "eval_s": "time/eval_s",
   "elapsed_s": "time/elapsed_s",
 }
 # TensorBoard tags of the per-chunk scalars, a finer curve than the per-epoch records.
@@ -167,10 +168,12 @@ class LogWriter(MetricWriter):
 
   def write_record(self, r: Record) -> None:  # noqa: D102
     took = "rebuilt from its checkpoint" if r["epoch_s"] is None else f"{r['epoch_s']:.1f} s"
+    if r.get("eval_s") is not None and r["epoch_s"] is not None:  # Records from before eval_s have none.
+      took += f" (test {r['eval_s']:.1f} s)"
     print(
       f"epoch {r['epoch']}/{self.num_epochs} step {r['step']}: train loss {r['train_loss']:.4f} "
       f"acc {100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:.2f}% | "
-      f"{took} ({r['elapsed_s']:.1f} s total){_members_line(r.get('members'))}",
+      f"{took}, {r['elapsed_s']:.1f} s total{_members_line(r.get('members'))}",
       flush=True,
     )
 

@@ -362,11 +362,14 @@ def epoch_order_fn(mesh: jax.sharding.Mesh):
 def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_start: float | None) -> tuple[dict, dict]:
   """Evaluates `state` on the test set; returns the epoch's metrics.jsonl record and the evaluation.
 
+  `epoch_s` is the epoch's seconds, training and this evaluation; `eval_s` the evaluation's alone.
   `epoch_start` None (a record rebuilt from a checkpoint) gives `epoch_s` None: unknown.
   """
   spe = run.steps_per_epoch
   train = {k: np.asarray(v, np.float64) / spe for k, v in jax.device_get(sums).items()}  # [] or [members]
+  eval_start = time.perf_counter()  # The epoch's steps are done: their sums are on the host.
   test = run.evaluator(state)
+  eval_s = time.perf_counter() - eval_start
   step = (epoch + 1) * spe
   record = {
     "step": step,
@@ -379,6 +382,7 @@ def _epoch_record(run: _Run, state: TrainState, sums: dict, epoch: int, epoch_st
     "test_accuracy": test["accuracy"],
     "test_count": int(test["count"]),
     "epoch_s": None if epoch_start is None else time.perf_counter() - epoch_start,
+    "eval_s": eval_s,
     "elapsed_s": run.elapsed(),
   }
   if "members" in test:

@@ -20,6 +20,7 @@ def record(step, **extra):
     "test_accuracy": 0.25,
     "test_count": 100,
     "epoch_s": 1.5,
+    "eval_s": 0.5,
     "elapsed_s": 1.5 * step,
     **extra,
   }
@@ -167,7 +168,8 @@ def test_progress_bar_shows_running_loss_accuracy_and_speed(tmp_path, capsys):
 def test_log_line_reads_like_the_readme(capsys):
   metric_writers.LogWriter(num_epochs=15).write_record(record(20))
   assert capsys.readouterr().out == (
-    "epoch 2/15 step 20: train loss 0.0500 acc 50.00% | test loss 0.1000 acc 25.00% | 1.5 s (30.0 s total)\n"
+    "epoch 2/15 step 20: train loss 0.0500 acc 50.00% | test loss 0.1000 acc 25.00% | "
+    "1.5 s (test 0.5 s), 30.0 s total\n"
   )
 
 
@@ -178,7 +180,7 @@ def test_log_line_reads_like_the_readme(capsys):
 def test_log_line_of_an_ensemble_ends_with_its_members(capsys, accuracies, ending):
   members = [{"member": i, "test_accuracy": a} for i, a in enumerate(accuracies)]
   metric_writers.LogWriter(num_epochs=15).write_record(record(20, members=members))
-  assert capsys.readouterr().out.endswith("(30.0 s total)" + ending + "\n")
+  assert capsys.readouterr().out.endswith(", 30.0 s total" + ending + "\n")
 
 
 def test_only_the_first_process_writes(tmp_path):

@@ -180,7 +180,7 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
 
   assert without_times(read_records(resumed)) == without_times(read_records(reference))
   # TensorBoard: the same points, none repeated or out of order (times and speeds aside).
-  timeless = [metric_writers.RECORD_TAGS[k] for k in ("elapsed_s", "epoch_s")] + ["chunk/images_per_s"]
+  timeless = [metric_writers.RECORD_TAGS[k] for k in ("elapsed_s", "epoch_s", "eval_s")] + ["chunk/images_per_s"]
 
   def scalars(workdir):
     found = tensorboard_scalars(os.path.join(workdir, metric_writers.TENSORBOARD_DIR))
