@@ -9,10 +9,12 @@ Command:
 Measured on the 2-core CPU machine (no GPU; jax 0.10.2, flax 0.12.8), seed 0: test accuracy
 99.09 % after 10 epochs (2026-12-02, 16:31 UTC; 12.2-14.9 s per epoch). Side by side with the Keras
 peer, 4 epochs each, alternating rounds (`--config.num_epochs=4`), medians of epochs 2-4
-(mnist-flax's include the 10,000-image evaluation), AMD EPYC with AVX-512, four rounds each time:
-at 16:47-16:58 UTC, the first block computed as one pooled convolution, 13.03 s against 12.29 s
-for Keras, 1.06x; before that change (13:41-15:21 UTC) 16.10 s against 13.70 s, 1.18x; at 05:07
-UTC that day, on another CPU, two rounds, 24.05 s against 33.38 s, 0.72x. See README ("Results").
+(mnist-flax's with the 10,000-image evaluation, and without it: `epoch_s - eval_s`): on an Intel
+Xeon with AVX-512 and AMX, three rounds at 20:36-20:44 UTC, 15.84 s (training alone 15.15 s) against
+15.27 s for Keras, 1.04x (0.99x); on an AMD EPYC with AVX-512, four rounds each time, at
+16:47-16:58 UTC 13.03 s against 12.29 s, 1.06x, and before the first block was one pooled
+convolution (13:41-15:21 UTC) 16.10 s against 13.70 s, 1.18x; at 05:07 UTC that day, on another
+CPU, two rounds, 24.05 s against 33.38 s, 0.72x. See README ("Results").
 """
 
 import ml_collections

@@ -137,6 +137,7 @@ def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_co
   for r in records:
     assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "elapsed_s"} <= set(r)
     assert 0 <= r["test_accuracy"] <= 1 and r["test_count"] == MOCK_EXAMPLES
+    assert 0 < r["eval_s"] < r["epoch_s"] <= r["elapsed_s"]  # The evaluation is part of the epoch.
   assert final == records[-1]
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert saved[-1] == 2 * steps_per_epoch and len(saved) <= tiny_config.keep_checkpoints
