@@ -173,6 +173,12 @@ def test_log_line_reads_like_the_readme(capsys):
   )
 
 
+def test_log_line_of_a_record_without_eval_s_shows_the_epoch_alone(capsys):
+  old = {k: v for k, v in record(20).items() if k != "eval_s"}  # Written before records held eval_s.
+  metric_writers.LogWriter(num_epochs=15).write_record(old)
+  assert capsys.readouterr().out.endswith("| 1.5 s, 30.0 s total\n")
+
+
 @pytest.mark.parametrize(
   ("accuracies", "ending"),
   [((0.99, 0.9912), " | 2 members: test acc 99.00-99.12%"), ((0.5,), " | 1 member: test acc 50.00%")],
