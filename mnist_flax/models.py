@@ -161,6 +161,11 @@ def _conv_max_pool_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.A
 conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
 
 
+def pool_kept_side(side: int, reach: int) -> int:
+  """The part of a VALID block's input side whose convolutions' outputs (reach `reach`) its 2x2 pool keeps."""
+  return (side - reach) // 2 * 2 + reach
+
+
 def used_input_sides(side: int, blocks: int, reach: int) -> list[int]:
   """The input side of each of `blocks` VALID blocks (conv reach `reach`, then a 2x2 pool) that the last pool uses.
 
@@ -170,7 +175,7 @@ def used_input_sides(side: int, blocks: int, reach: int) -> list[int]:
   """
   used = []
   for _ in range(blocks):
-    used.append((side - reach) // 2 * 2 + reach)  # What this block's pool keeps.
+    used.append(pool_kept_side(side, reach))
     side = (used[-1] - reach) // 2
   for i in reversed(range(blocks - 1)):
     used[i] = 2 * used[i + 1] + reach  # What the next block keeps of this block's output.
@@ -280,11 +285,11 @@ class CNN(nn.Module):
     reach, blocks = self.convs_per_block * (self.kernel_size - 1), len(self.features)
     heights, widths = used_input_sides(x.shape[1], blocks, reach), used_input_sides(x.shape[2], blocks, reach)
     for block, f in enumerate(self.features):
-      if self.padding == "VALID" and self._pools_in_conv(x):  # Only what the later blocks use.
-        x = x[:, : heights[block], : widths[block], :]
-      elif self.padding == "VALID":  # Only what this block's pool keeps.
-        x = x[:, : (x.shape[1] - reach) // 2 * 2 + reach, : (x.shape[2] - reach) // 2 * 2 + reach, :]
-      if self._pools_in_conv(x):
+      pooled = self._pools_in_conv(x)
+      if self.padding == "VALID":  # Pooled: only what the later blocks use; otherwise what this block's pool keeps.
+        sides = (heights[block], widths[block]) if pooled else [pool_kept_side(s, reach) for s in x.shape[1:3]]
+        x = x[:, : sides[0], : sides[1], :]
+      if pooled:
         x = nn.relu(Conv(f, self.kernel_size, self.padding, impl, pool=True, name=f"Conv_{n}")(x))
         n += 1
         continue
