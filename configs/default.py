@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per host-to-device dispatch; 0 picks the backend's default
   # (about 16 steps on CPU, the whole epoch on GPU/TPU).
   config.steps_per_dispatch = 0
+  # Slices of each batch whose gradients a train step computes separately and averages; 0 picks the
+  # backend's default (4 on CPU for a single model, which XLA:CPU runs on its cores side by side, else 1).
+  config.microbatches = 0
   # How a chunk's steps are compiled: "rolled" (a lax.scan loop, compiled once whatever its
   # length), "unrolled" (every step in the program: compiles about 5x longer, and runs no faster
   # on XLA:CPU with patch convolutions) or "auto" (rolled, except unrolled on CPU when training

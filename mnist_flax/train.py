@@ -47,6 +47,8 @@ PLOTS_DIR = "plots"
 # responsive progress bar and Ctrl-C; on GPU and TPU one chunk is the whole epoch.
 CPU_STEPS_PER_DISPATCH = 16
 SUM_KEYS = ("loss", "accuracy", "grad_norm")
+# Slices of each batch on CPU when config.microbatches is 0: 4 train the seed CNN about 8 % faster on 2 cores.
+CPU_MICROBATCHES = 4
 
 
 class Interrupted(Exception):
@@ -103,6 +105,21 @@ def steps_per_dispatch(config: ml_collections.ConfigDict, steps_per_epoch: int, 
   divisors = [d for d in range(8, 33) if steps_per_epoch % d == 0]
   best = min(divisors, key=lambda d: (abs(d - CPU_STEPS_PER_DISPATCH), d), default=CPU_STEPS_PER_DISPATCH)
   return min(best, steps_per_epoch)
+
+
+def microbatches(config: ml_collections.ConfigDict) -> int:
+  """Slices each train step splits its batch into (`steps.train_step`): the config's value, or for 0 the backend's.
+
+  0 gives `CPU_MICROBATCHES` on CPU for a single model whose batch splits evenly into them, and 1
+  otherwise: XLA:CPU runs the slices' forward and backward passes on its cores side by side, where
+  one batch's memory-bound fusions leave a core idle. GPUs and TPUs fill their cores with one batch,
+  and stacked ensemble members already give XLA independent work. The choice does not depend on the
+  number of devices, so a run on several devices trains as it does on one.
+  """
+  if config.get("microbatches", 0):
+    return config.microbatches
+  split = jax.default_backend() == "cpu" and not train_state.stacked(config)
+  return CPU_MICROBATCHES if split and config.batch_size % CPU_MICROBATCHES == 0 else 1
 
 
 def unrolled(config: ml_collections.ConfigDict) -> bool:
@@ -168,7 +185,12 @@ def abstract_train_item(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
 
 
 def make_train_chunk(
-  num_steps: int, batch_size: int, augmentation: augment.Augmentation, unroll: bool, mesh: jax.sharding.Mesh
+  num_steps: int,
+  batch_size: int,
+  augmentation: augment.Augmentation,
+  unroll: bool,
+  mesh: jax.sharding.Mesh,
+  microbatches: int = 1,
 ):
   """Compiles `num_steps` train steps over device-resident data into one call.
 
@@ -176,6 +198,7 @@ def make_train_chunk(
   to `(state, sums)`: it runs steps `first .. first + num_steps - 1` of the epoch
   whose order is `order`, and adds each step's metrics to `sums`. With one key and one
   order per ensemble member (`data_keys`, `epoch_order`), each member trains on its own batches.
+  Each step splits its batch into `microbatches` slices (see `steps.train_step`).
   """
   sharding = parallel.batch_sharding(mesh)
 
@@ -194,9 +217,9 @@ def make_train_chunk(
       args = (order, data_rng, (first + i) * batch_size, jnp.ravel(state.step)[0])
       batch = jax.vmap(draw, in_axes=(0, 0, None, None))(*args) if own else draw(*args)
       if is_ensemble(state):
-        state, metrics = steps.ensemble_train_step(state, batch, member_batches=own)
+        state, metrics = steps.ensemble_train_step(state, batch, member_batches=own, microbatches=microbatches)
       else:
-        state, metrics = steps.train_step(state, batch)
+        state, metrics = steps.train_step(state, batch, microbatches=microbatches)
       return (state, {k: sums[k] + metrics[k] for k in SUM_KEYS}), None
 
     (state, sums), _ = jax.lax.scan(body, (state, sums), jnp.arange(num_steps), unroll=num_steps if unroll else 1)
@@ -206,9 +229,9 @@ def make_train_chunk(
 
 
 def config_train_chunk(config: ml_collections.ConfigDict, num_steps: int, mesh: jax.sharding.Mesh):
-  """`make_train_chunk` of `num_steps` steps with the config's batch, augmentation and scan mode."""
-  unroll = unrolled(config)
-  return make_train_chunk(num_steps, config.batch_size, augment.Augmentation.from_config(config), unroll, mesh)
+  """`make_train_chunk` of `num_steps` steps with the config's batch, augmentation, scan mode and microbatches."""
+  augmentation = augment.Augmentation.from_config(config)
+  return make_train_chunk(num_steps, config.batch_size, augmentation, unrolled(config), mesh, microbatches(config))
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ RESUMABLE_CHANGES = frozenset(
     "num_epochs",
     "eval_batch_size",
     "steps_per_dispatch",
+    "microbatches",
     "scan",
     "conv_impl",
     "checkpoint_every_steps",
@@ -37,6 +38,7 @@ ADDED_FIELDS = {
   "augment_elastic_alpha": 0.0,
   "augment_elastic_sigma": 4.0,
   "member_batches": "shared",
+  "microbatches": 1,
 }
 ADDED_MODEL_FIELDS = {"batch_norm": False}  # The same, for the `model` section.
 SCAN_MODES = ("auto", "unrolled", "rolled")
@@ -78,6 +80,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
   _require(
     _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
     f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
+  )
+  microbatches = config.get("microbatches", 0)
+  _require(
+    _is_int(microbatches) and microbatches >= 0,
+    f"config.microbatches must be 0 (automatic) or a positive integer, got {microbatches!r}",
   )
   _require(
     config.scan in SCAN_MODES, f"config.scan must be one of {', '.join(map(repr, SCAN_MODES))}, got {config.scan!r}"
@@ -136,6 +143,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
       config[name] % device_count == 0,
       f"config.{name} {config[name]} is not divisible by the {device_count} devices; use a multiple of {device_count}",
     )
+  _require(
+    config.batch_size % max(microbatches, 1) == 0,
+    f"config.batch_size {config.batch_size} does not split into config.microbatches={microbatches} equal slices; "
+    "use a divisor of it, or 0 (automatic)",
+  )
   _validate_model(config.model)
   _validate_ensemble(config)
   _require(

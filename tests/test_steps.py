@@ -89,6 +89,44 @@ def test_train_step_inside_jit_scan_and_vmap(state):
     )
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_microbatches_average_the_slices_gradients(config, batch_norm):
+  config.warmup_epochs = 0.0
+  config.model.dropout_rate = 0.0  # Without dropout, slicing leaves the update unchanged up to rounding.
+  config.model.features = (8, 16)
+  config.model.dense_features = (32,)
+  config.model.batch_norm = batch_norm
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  batch = make_batch(jax.random.PRNGKey(1), n=16)
+  whole, whole_metrics = train_step(state, batch)
+  sliced, sliced_metrics = train_step(state, batch, microbatches=4)
+  assert int(sliced.step) == 1
+  if batch_norm:  # Each slice is normalised by its own statistics: a nearby, not the same, step.
+    for name in ("loss", "grad_norm"):
+      np.testing.assert_allclose(sliced_metrics[name], whole_metrics[name], rtol=0.2)
+    # The running means take the mean of the slices' updates, which for means is the batch's.
+    mean = lambda s: s.batch_stats["BatchNorm_0"]["mean"]  # noqa: E731
+    np.testing.assert_allclose(mean(sliced), mean(whole), rtol=1e-5, atol=1e-7)
+  else:
+    for name in ("loss", "accuracy", "grad_norm"):
+      np.testing.assert_allclose(sliced_metrics[name], whole_metrics[name], rtol=1e-5)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), sliced.params, whole.params)
+
+
+def test_microbatches_draw_each_slice_its_own_dropout_and_stay_deterministic(config, state):
+  batch = make_batch(jax.random.PRNGKey(1), n=16)
+  s1, m1 = train_step(state, batch, microbatches=2)
+  s2, m2 = train_step(state, batch, microbatches=2)
+  assert_trees_equal(s1, s2)
+  assert_trees_equal(m1, m2)
+  _, whole = train_step(state, batch)
+  assert float(m1["loss"]) != float(whole["loss"])  # Other dropout masks.
+  config.ensemble_size = 2
+  stacked = create_ensemble_state(config, jax.random.PRNGKey(0))
+  new, metrics = jax.jit(lambda st, b: ensemble_train_step(st, b, microbatches=2))(stacked, batch)
+  assert metrics["loss"].shape == (2,) and int(new.step[0]) == 1
+
+
 class MLP(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool):

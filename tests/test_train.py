@@ -116,6 +116,17 @@ def test_steps_per_dispatch_defaults_per_backend(config):
   assert train.steps_per_dispatch(config, 20, "gpu") == 20
 
 
+def test_microbatches_default_to_slices_on_cpu_for_a_single_model(config):
+  assert jax.default_backend() == "cpu"
+  assert train.microbatches(config) == train.CPU_MICROBATCHES
+  config.batch_size = 130
+  assert train.microbatches(config) == 1
+  config.batch_size, config.ensemble_size = 128, 4
+  assert train.microbatches(config) == 1  # Stacked members already give XLA independent work.
+  config.microbatches = 2
+  assert train.microbatches(config) == 2
+
+
 def read_records(workdir):
   with open(os.path.join(workdir, metric_writers.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
