@@ -204,7 +204,8 @@ def create_ensemble_state(
     hyperparams = {**state.opt_state.hyperparams, "peak_learning_rate": rate}
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
-  return jax.vmap(member)(jax.random.split(rng, len(rates)), jnp.asarray(rates, jnp.float32))
+  # Compiled: run op by op, the vmapped initialisation takes seconds even for small members.
+  return jax.jit(jax.vmap(member))(jax.random.split(rng, len(rates)), jnp.asarray(rates, jnp.float32))
 
 
 def is_ensemble(state: TrainState) -> bool:

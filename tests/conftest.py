@@ -58,6 +58,7 @@ TINY_OVERRIDES = {
   "checkpoint_every_steps": 5,
   "manual_dir": "",
   "stop_at_chance": False,  # Mock labels are random: a tiny run on them stays near chance.
+  "microbatches": 1,  # Slices only pay on CPU for real layer sizes, and compile longer.
 }
 
 
@@ -85,9 +86,19 @@ def manual_dir():
 
 @pytest.fixture(scope="session")
 def real_data_dir(manual_dir, tmp_path_factory):
-  """A tfds data dir with real MNIST prepared (and cached as arrays) once per session."""
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  input_pipeline.load_mnist(data_dir, manual_dir)
+  """A tfds data dir with real MNIST prepared (and cached as arrays) once per test run.
+
+  Parallel test workers share it: the first prepares it under a lock, the others then read its cache.
+  """
+  import fcntl
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The run's folder, above each worker's own.
+  data_dir = str(root / "tfds_real")
+  with open(root / "tfds_real.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    input_pipeline.load_mnist(data_dir, manual_dir)
   return data_dir
 
 

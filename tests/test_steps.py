@@ -121,7 +121,7 @@ def test_microbatches_draw_each_slice_its_own_dropout_and_stay_deterministic(con
   assert_trees_equal(m1, m2)
   _, whole = train_step(state, batch)
   assert float(m1["loss"]) != float(whole["loss"])  # Other dropout masks.
-  config.ensemble_size = 2
+  config.ensemble_size, config.model.features, config.model.dense_features = 2, (4,), (8,)
   stacked = create_ensemble_state(config, jax.random.PRNGKey(0))
   new, metrics = jax.jit(lambda st, b: ensemble_train_step(st, b, microbatches=2))(stacked, batch)
   assert metrics["loss"].shape == (2,) and int(new.step[0]) == 1
