@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mnist_flax import files
+from mnist_flax import files, locking
 from mnist_flax.errors import UsageError
 
 MNIST_FILES = (
@@ -29,6 +29,7 @@ MNIST_FILES = (
 )
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 CACHE_NAME = "mnist_flax_arrays.npz"
+PREPARE_LOCK = "mnist_flax_arrays.lock"  # Beside the cache: one process prepares, the others wait.
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -87,23 +88,37 @@ def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Sp
     DataError: the data is not prepared and cannot be downloaded or built.
   """
   path = cache_path(data_dir)
-  damage = None
-  if os.path.exists(path):
-    try:
-      return _read_cache(path)
-    except DataError as e:
-      damage = str(e)
-      logging.warning("%s; rebuilding it from tfds.", damage)
+  splits, damage = _cached(path)
+  if splits is not None:
+    return splits
+  root = resolve_data_dir(data_dir)
   try:
-    splits = _load_with_tfds(resolve_data_dir(data_dir), manual_dir)
+    _check_source(root, manual_dir)  # Before anything is written.
+    with locking.waiting_lock(os.path.join(os.path.dirname(path), PREPARE_LOCK), "MNIST's preparation"):
+      splits, _ = _cached(path, quiet=True)  # Another process may have prepared it while this one waited.
+      if splits is not None:
+        return splits
+      splits = _load_with_tfds(root, manual_dir)
+      try:
+        _write_cache(path, splits)
+        logging.info("Cached MNIST arrays in %s", path)
+      except OSError as e:  # A read-only data dir: train from tfds's dataset, uncached.
+        logging.warning("Could not cache the MNIST arrays in %s (%s); tfds will be read again next time.", path, e)
   except DataError as e:
     raise DataError(f"{damage}, and it cannot be rebuilt: {e}" if damage else str(e)) from e
-  try:
-    _write_cache(path, splits)
-    logging.info("Cached MNIST arrays in %s", path)
-  except OSError as e:  # A read-only data dir: train from tfds's dataset, uncached.
-    logging.warning("Could not cache the MNIST arrays in %s (%s); tfds will be read again next time.", path, e)
   return splits
+
+
+def _cached(path: str, quiet: bool = False) -> tuple[Splits | None, str | None]:
+  """The cached splits, or None and why not (None when there is no cache: not yet prepared)."""
+  if not os.path.exists(path):
+    return None, None
+  try:
+    return _read_cache(path), None
+  except DataError as e:
+    if not quiet:
+      logging.warning("%s; rebuilding it from tfds.", e)
+    return None, str(e)
 
 
 def _read_cache(path: str) -> Splits:
@@ -138,12 +153,15 @@ def _tfds_prepared(data_dir: str) -> bool:
   return bool(glob.glob(os.path.join(data_dir, "mnist", "*", "dataset_info.json")))
 
 
-def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
+def _check_source(data_dir: str, manual_dir: str | None) -> None:
+  """Raises `DataError` unless tfds can build MNIST: from `manual_dir`, already prepared, or downloaded."""
   if manual_dir:
     check_manual_dir(manual_dir)
   elif not _tfds_prepared(data_dir) and not _can_download():
     raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
 
+
+def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
   logging.info("Reading MNIST with tfds from %s (once: the arrays are then cached)", data_dir)
   with _quiet_tfds():
     return _read_with_tfds(data_dir, manual_dir)

@@ -1,4 +1,4 @@
-"""One run per workdir: an advisory lock that the kernel releases when its process ends, even on kill -9."""
+"""Advisory locks, released by the kernel when their process ends: one run per workdir, one preparer per folder."""
 
 import contextlib
 import datetime
@@ -71,3 +71,34 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     yield
   finally:
     os.close(fd)  # Closing releases the lock.
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str, what: str) -> Iterator[None]:
+  """Holds an exclusive lock on the file `path` for the block, waiting while another process holds it.
+
+  For work that several processes may start at once on a shared folder (preparing a dataset): the
+  second waits for the first, then finds the work done. Where the file cannot be created or locked
+  (a read-only folder, a file system without locks) the block runs unlocked.
+
+  Args:
+    path: The lock file; its folder is created if needed.
+    what: The work, for the log line of a process that waits ("MNIST's preparation").
+  """
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError:
+    yield
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info("Waiting for %s by another process (it holds %s).", what, path)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+      logging.warning("Cannot lock %s (%s): %s goes on unlocked.", path, e.strerror or e, what)
+    yield
+  finally:
+    os.close(fd)

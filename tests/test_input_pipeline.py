@@ -135,3 +135,27 @@ def test_an_unwritable_cache_only_warns(mock_data_dir, tmp_path, monkeypatch):
     splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
   assert splits["train"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)
   assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
+
+
+def test_a_second_load_waits_for_the_first_preparation_and_reads_its_cache(mock_data_dir, tmp_path, monkeypatch):
+  """Two runs starting at once on a fresh data dir: one prepares, the other waits and builds nothing."""
+  import fcntl
+  import shutil
+  import threading
+
+  path = input_pipeline.cache_path(str(tmp_path))
+  os.makedirs(os.path.dirname(path))
+  built = []
+  monkeypatch.setattr(input_pipeline, "_load_with_tfds", lambda *a: built.append(a))
+  (tmp_path / "manual").mkdir()
+  result, manual = {}, mock_manual_dir(tmp_path / "manual")
+  with open(os.path.join(os.path.dirname(path), input_pipeline.PREPARE_LOCK), "w") as preparing:
+    fcntl.flock(preparing, fcntl.LOCK_EX)  # The first run, preparing.
+    waiter = threading.Thread(target=lambda: result.update(input_pipeline.load_mnist(str(tmp_path), manual)))
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive() and not built  # Waiting, not building.
+    shutil.copy(input_pipeline.cache_path(mock_data_dir), path)  # The first run's cache, then its lock released.
+  waiter.join(30)
+  assert not waiter.is_alive() and not built
+  assert result["test"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)

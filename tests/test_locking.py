@@ -74,3 +74,11 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
   with mock.patch.object(locking.logging, "warning") as warning, locking.workdir_lock(str(tmp_path / "run")):
     assert (tmp_path / "run" / locking.LOCK_FILE).exists()
   assert "make sure no other run uses this workdir" in warning.call_args.args[0]
+
+
+def test_a_waiting_lock_runs_unlocked_where_its_file_cannot_be_made(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with locking.waiting_lock(str(blocker / "sub" / "x.lock"), "the work"):  # A file where its folder should be.
+    pass
+  assert blocker.read_text() == ""
