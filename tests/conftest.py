@@ -88,17 +88,14 @@ def manual_dir():
 def real_data_dir(manual_dir, tmp_path_factory):
   """A tfds data dir with real MNIST prepared (and cached as arrays) once per test run.
 
-  Parallel test workers share it: the first prepares it under a lock, the others then read its cache.
+  Parallel test workers share it: `load_mnist` lets the first prepare it while the others wait, then
+  read its cache.
   """
-  import fcntl
-
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent  # The run's folder, above each worker's own.
   data_dir = str(root / "tfds_real")
-  with open(root / "tfds_real.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    input_pipeline.load_mnist(data_dir, manual_dir)
+  input_pipeline.load_mnist(data_dir, manual_dir)
   return data_dir
 
 
