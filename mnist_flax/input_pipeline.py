@@ -1,17 +1,24 @@
 """MNIST through tfds, kept as uint8 arrays in a cache beside the tfds data.
 
-The first load builds tfds's standard `mnist` dataset (downloading it, or
-offline from the four original files in `manual_dir`) and saves both splits as
-one `.npz` file in `<data_dir>/mnist/`. Later loads read that file with numpy
-alone, so training starts without importing TensorFlow or tfds.
+The first load builds tfds's standard `mnist` dataset (downloading it, or offline from the four
+original files in `manual_dir`) and saves both splits as one `.npz` file in `<data_dir>/mnist/`.
+tfds needs TensorFlow for that, so it runs once in a child process of its own (with TensorFlow kept
+off any GPU): the process that trains never imports TensorFlow. Later loads read the cache with
+numpy alone.
 """
 
 import contextlib
 import glob
+import importlib.util
 import logging as std_logging
 import os
+import platform
+import shlex
 import socket
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +40,7 @@ PREPARE_LOCK = "mnist_flax_arrays.lock"  # Beside the cache: one process prepare
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 
 Splits = dict[str, dict[str, np.ndarray]]
+Builder = Callable[[str, str | None], Splits]  # (data_dir, manual_dir) -> both splits, read through tfds.
 
 
 class DataError(UsageError):
@@ -72,13 +80,15 @@ def check_manual_dir(manual_dir: str) -> None:
     raise DataError(f"manual_dir {manual_dir} lacks {', '.join(missing)}; {how_to_provide()}")
 
 
-def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Splits:
+def load_mnist(data_dir: str | None = None, manual_dir: str | None = None, build: Builder | None = None) -> Splits:
   """Loads both MNIST splits as numpy arrays.
 
   Args:
     data_dir: tfds data dir (default: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
     manual_dir: Folder with the four original MNIST files, used to build the
       tfds dataset offline (checksums verified by tfds). Unused once prepared.
+    build: How to read the splits through tfds when there is no cache: by default
+      `build_in_child_process`; `read_with_tfds` reads them in this process.
 
   Returns:
     `{"train": {"image", "label"}, "test": {...}}` with images uint8
@@ -98,7 +108,7 @@ def load_mnist(data_dir: str | None = None, manual_dir: str | None = None) -> Sp
       splits, _ = _cached(path, quiet=True)  # Another process may have prepared it while this one waited.
       if splits is not None:
         return splits
-      splits = _load_with_tfds(root, manual_dir)
+      splits = (build or build_in_child_process)(root, manual_dir)
       try:
         _write_cache(path, splits)
         logging.info("Cached MNIST arrays in %s", path)
@@ -159,12 +169,44 @@ def _check_source(data_dir: str, manual_dir: str | None) -> None:
     check_manual_dir(manual_dir)
   elif not _tfds_prepared(data_dir) and not _can_download():
     raise DataError(f"MNIST is not prepared in {data_dir} and cannot be downloaded; {how_to_provide()}")
+  if importlib.util.find_spec("tensorflow") is None:
+    raise DataError(
+      f"tfds needs TensorFlow to prepare MNIST in {data_dir} (once), and none is installed; "
+      f"add one that fits this environment with: {tensorflow_install_command()}"
+    )
 
 
-def _load_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
-  logging.info("Reading MNIST with tfds from %s (once: the arrays are then cached)", data_dir)
-  with _quiet_tfds():
-    return _read_with_tfds(data_dir, manual_dir)
+def tensorflow_install_command() -> str:
+  """The pip command that adds TensorFlow's CPU build here, keeping every installed package's version."""
+  cpu_build = sys.platform == "win32" or (sys.platform == "linux" and platform.machine() == "x86_64")
+  pip = f"{shlex.quote(sys.executable)} -m pip"
+  package = "tensorflow-cpu" if cpu_build else "tensorflow"
+  if sys.platform == "win32":
+    return f"{pip} install {package}"
+  return f"{pip} install {package} -c <({pip} list --format=freeze)"
+
+
+def build_in_child_process(data_dir: str, manual_dir: str | None) -> Splits:
+  """Both splits through tfds, read by a child process so that this one never imports TensorFlow.
+
+  Raises:
+    DataError: tfds could not build or read the dataset; the child's last line says why.
+  """
+  logging.info("Preparing MNIST with tfds in %s (once: the arrays are then cached)", data_dir)
+  with tempfile.TemporaryDirectory(prefix="mnist_flax_prepare_") as scratch:
+    out = os.path.join(scratch, CACHE_NAME)
+    child = subprocess.run(
+      [sys.executable, "-m", __name__, data_dir, manual_dir or "", out],
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+      stdin=subprocess.DEVNULL,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    if child.returncode != 0:
+      lines = [line for line in child.stderr.splitlines() if line.strip()]
+      raise DataError(lines[-1] if lines else f"preparing MNIST with tfds failed with exit code {child.returncode}")
+    return _read_cache(out)
 
 
 @contextlib.contextmanager
@@ -198,9 +240,22 @@ def _scratch_tempdir():
       tempfile.tempdir = previous
 
 
-def _read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
-  """Both splits through tfds, preparing the dataset first if needed."""
-  import tensorflow_datasets as tfds  # Deferred: only needed until the cache exists.
+def read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
+  """Both splits through tfds in this process, preparing the dataset first if needed.
+
+  Imports TensorFlow, which is kept off any GPU so that it takes no memory from JAX.
+  """
+  try:
+    import tensorflow as tf
+  except Exception as e:  # noqa: BLE001 - a broken install fails with many types (ImportError, AttributeError, ...).
+    raise DataError(
+      f"tfds needs TensorFlow to prepare MNIST (once), and the installed one fails to import: {_first_line(e)}"
+    ) from e
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # This process's TensorFlow already set up its devices (a test, a notebook): leave them.
+    pass
+  import tensorflow_datasets as tfds
   from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
   tfds.disable_progress_bar()
@@ -211,8 +266,7 @@ def _read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
     try:
       builder.download_and_prepare(download_config=download_config)
     except NonMatchingChecksumError as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise DataError(f"an MNIST file does not match its registered checksum: {first_line}") from e
+      raise DataError(f"an MNIST file does not match its registered checksum: {str(e).strip().splitlines()[0]}") from e
   splits = {}
   for split in SPLIT_SIZES:
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
@@ -221,3 +275,30 @@ def _read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
       "label": np.concatenate([b["label"] for b in batches]).astype(np.int32),
     }
   return splits
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _child_main(data_dir: str, manual_dir: str, out: str) -> int:
+  """`build_in_child_process`'s child: the splits through tfds into `out`; on failure one line, exit 1."""
+  try:
+    with _quiet_tfds():
+      splits = read_with_tfds(data_dir, manual_dir or None)
+    _write_cache(out, splits)
+  except DataError as e:
+    sys.stderr.write(f"{e}\n")
+    return 1
+  except Exception as e:  # noqa: BLE001 - the parent shows one line; the traceback stays above it.
+    import traceback
+
+    traceback.print_exc()
+    sys.stderr.write(f"preparing MNIST with tfds failed: {_first_line(e)}\n")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(_child_main(*sys.argv[1:]))

@@ -137,7 +137,10 @@ def mock_data_dir(tmp_path_factory):
 
   data_dir = str(tmp_path_factory.mktemp("mock_tfds"))
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    input_pipeline.load_mnist(data_dir, mock_manual_dir(tmp_path_factory.mktemp("mock_manual")))
+    # In this process: the mock lives here, not in the child process that prepares real MNIST.
+    input_pipeline.load_mnist(
+      data_dir, mock_manual_dir(tmp_path_factory.mktemp("mock_manual")), build=input_pipeline.read_with_tfds
+    )
   return data_dir
 
 

@@ -97,7 +97,7 @@ def test_a_damaged_cache_is_rebuilt_from_tfds(mock_data_dir, tmp_path, how):
   _damage(input_pipeline.cache_path(data_dir), how)
   (tmp_path / "manual").mkdir()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    rebuilt = input_pipeline.load_mnist(data_dir, mock_manual_dir(tmp_path / "manual"))
+    rebuilt = input_pipeline.load_mnist(data_dir, mock_manual_dir(tmp_path / "manual"), input_pipeline.read_with_tfds)
   for split in ("train", "test"):
     np.testing.assert_array_equal(rebuilt[split]["image"], expected[split]["image"])
   np.testing.assert_array_equal(input_pipeline.load_mnist(data_dir)["test"]["label"], expected["test"]["label"])
@@ -132,7 +132,8 @@ def test_an_unwritable_cache_only_warns(mock_data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, "_write_cache", refuse)
   (tmp_path / "manual").mkdir()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
+    manual = mock_manual_dir(tmp_path / "manual")
+    splits = input_pipeline.load_mnist(str(tmp_path / "tfds"), manual, input_pipeline.read_with_tfds)
   assert splits["train"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)
   assert not os.path.exists(input_pipeline.cache_path(str(tmp_path / "tfds")))
 
@@ -146,12 +147,13 @@ def test_a_second_load_waits_for_the_first_preparation_and_reads_its_cache(mock_
   path = input_pipeline.cache_path(str(tmp_path))
   os.makedirs(os.path.dirname(path))
   built = []
-  monkeypatch.setattr(input_pipeline, "_load_with_tfds", lambda *a: built.append(a))
   (tmp_path / "manual").mkdir()
   result, manual = {}, mock_manual_dir(tmp_path / "manual")
   with open(os.path.join(os.path.dirname(path), input_pipeline.PREPARE_LOCK), "w") as preparing:
     fcntl.flock(preparing, fcntl.LOCK_EX)  # The first run, preparing.
-    waiter = threading.Thread(target=lambda: result.update(input_pipeline.load_mnist(str(tmp_path), manual)))
+    waiter = threading.Thread(
+      target=lambda: result.update(input_pipeline.load_mnist(str(tmp_path), manual, lambda *a: built.append(a)))
+    )
     waiter.start()
     waiter.join(1.0)
     assert waiter.is_alive() and not built  # Waiting, not building.
@@ -159,3 +161,68 @@ def test_a_second_load_waits_for_the_first_preparation_and_reads_its_cache(mock_
   waiter.join(30)
   assert not waiter.is_alive() and not built
   assert result["test"]["image"].shape == (MOCK_EXAMPLES, 28, 28, 1)
+
+
+def test_without_tensorflow_a_fresh_data_dir_is_one_line_naming_the_command(tmp_path, monkeypatch):
+  real_find_spec = input_pipeline.importlib.util.find_spec
+  monkeypatch.setattr(
+    input_pipeline.importlib.util,
+    "find_spec",
+    lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a),
+  )
+  (tmp_path / "manual").mkdir()
+  with pytest.raises(input_pipeline.DataError, match="tfds needs TensorFlow to prepare MNIST") as e:
+    input_pipeline.load_mnist(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
+  assert "\n" not in str(e.value)
+  assert f"{sys.executable} -m pip install tensorflow-cpu -c <(" in str(e.value)
+  assert not os.path.exists(tmp_path / "tfds")  # Nothing written.
+
+
+def test_the_install_command_keeps_every_installed_version(tmp_path):
+  """The command's constraints list every installed distribution at its version, so pip changes none of them."""
+  command = input_pipeline.tensorflow_install_command()
+  constraints = command.split("-c <(", 1)[1].rstrip(")")
+  listed = subprocess.run(["bash", "-c", constraints], capture_output=True, text=True, check=True).stdout.split()
+  assert "numpy==" + np.__version__ in listed
+  assert any(line.lower().startswith(("jax==", "flax==")) for line in listed)
+
+
+def test_a_failed_preparation_is_one_line_and_tensorflow_stays_in_the_child(tmp_path):
+  """A checksum failure in the child process that prepares MNIST reaches the caller as its one line."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  for name in input_pipeline.MNIST_FILES:
+    (manual / name).write_bytes(b"not mnist")
+  code = (
+    "import sys; from mnist_flax import input_pipeline as ip\n"
+    f"try: ip.load_mnist({str(tmp_path / 'tfds')!r}, {str(manual)!r})\n"
+    "except ip.DataError as e: print('error:', e)\n"
+    "print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  assert "error: an MNIST file does not match its registered checksum" in out.stdout, out.stderr[-2000:]
+  assert "tensorflow imported: False" in out.stdout
+
+
+def test_a_tensorflow_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+  fake = tmp_path / "site" / "tensorflow"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("raise ImportError('undefined symbol: _ZN10tensorflow')\n")
+  monkeypatch.syspath_prepend(str(tmp_path / "site"))
+  monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+  with pytest.raises(
+    input_pipeline.DataError, match="the installed one fails to import: ImportError: undefined symbol"
+  ):
+    input_pipeline.read_with_tfds(str(tmp_path / "tfds"), None)
+
+
+def test_tensorflow_is_kept_off_the_gpus_before_tfds_uses_it(tmp_path, monkeypatch):
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  calls = []
+  monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
+  (tmp_path / "manual").mkdir()
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    input_pipeline.read_with_tfds(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
+  assert calls == [([], "GPU")]

@@ -80,6 +80,24 @@ def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_without_tensorflow_an_unprepared_run_names_the_command_that_adds_it(tmp_path):
+  """As on Colab's TPU runtime: no TensorFlow, MNIST not yet prepared."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  conftest.mock_manual_dir(manual)
+  args = [f"--config.manual_dir={manual}", f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}"]
+  code = (
+    "import runpy, sys\n"
+    "sys.modules['tensorflow'] = None\n"  # As if it were not installed: find_spec gives None, import fails.
+    f"sys.argv = ['main.py', *{args!r}]\n"
+    "runpy.run_path('main.py', run_name='__main__')\n"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+  assert_one_line_error(result, "tfds needs TensorFlow to prepare MNIST")
+  assert "-m pip install tensorflow-cpu -c <(" in result.stderr
+  assert not (tmp_path / "run").exists() and not (tmp_path / "tfds").exists()
+
+
 def tiny_args(data_dir, workdir, num_epochs, checkpoint_every_steps=10):
   flags = tiny_flags(
     num_epochs=num_epochs, eval_batch_size=40, steps_per_dispatch=5, checkpoint_every_steps=checkpoint_every_steps
