@@ -54,7 +54,9 @@ def main(command: str, *freezes: str) -> int:
     print("\n".join(f"{n}=={v}" for n, v in bounds().items() if n not in have and n not in tf))
     return 0
   versions = [installed(f) for f in freezes]
-  untested = [f"{n}>={v}" for n, v in bounds().items() if not any(_release(d.get(n, "")) == _release(v) for d in versions)]
+  untested = [
+    f"{n}>={v}" for n, v in bounds().items() if not any(_release(d.get(n, "")) == _release(v) for d in versions)
+  ]
   if untested:
     print(f"lower bounds no stand-in installed: {', '.join(untested)}")
     return 1
