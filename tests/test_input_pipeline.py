@@ -226,3 +226,18 @@ def test_tensorflow_is_kept_off_the_gpus_before_tfds_uses_it(tmp_path, monkeypat
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     input_pipeline.read_with_tfds(str(tmp_path / "tfds"), mock_manual_dir(tmp_path / "manual"))
   assert calls == [([], "GPU")]
+
+
+def test_the_child_process_gets_its_defaults_and_keeps_the_callers_settings(tmp_path, monkeypatch):
+  seen = {}
+
+  def run(args, env, **kwargs):
+    seen.update(env)
+    return subprocess.CompletedProcess(args, 1, "", "why it failed\n")
+
+  monkeypatch.setattr(input_pipeline.subprocess, "run", run)
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+  with pytest.raises(input_pipeline.DataError, match="^why it failed$"):
+    input_pipeline.build_in_child_process(str(tmp_path), None)
+  assert seen["TF_CPP_MIN_LOG_LEVEL"] == "0"
+  assert seen["TEMPORARILY_DISABLE_PROTOBUF_VERSION_CHECK"] == "true"
