@@ -10,6 +10,7 @@ numpy alone.
 import contextlib
 import glob
 import importlib.util
+import io
 import logging as std_logging
 import os
 import platform
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from typing import IO
 
 import jax
 import jax.numpy as jnp
@@ -124,31 +126,39 @@ def _cached(path: str, quiet: bool = False) -> tuple[Splits | None, str | None]:
   if not os.path.exists(path):
     return None, None
   try:
-    return _read_cache(path), None
+    return _read_arrays(path, f"the MNIST cache {path}"), None
   except DataError as e:
     if not quiet:
       logging.warning("%s; rebuilding it from tfds.", e)
     return None, str(e)
 
 
-def _read_cache(path: str) -> Splits:
-  """The cached splits; `DataError` for a file that is damaged (truncated, corrupt, wrong arrays)."""
+def _read_arrays(source: str | IO[bytes], name: str) -> Splits:
+  """The splits saved in `source` (a path or a file), called `name` in errors.
+
+  Raises:
+    DataError: the arrays are damaged (truncated, corrupt, wrong arrays).
+  """
   try:
-    with np.load(path) as f:
+    with np.load(source) as f:
       splits = {s: {"image": f[f"{s}_image"], "label": f[f"{s}_label"]} for s in SPLIT_SIZES}
   except Exception as e:  # noqa: BLE001 - numpy and zipfile report damage with many types.
-    raise DataError(f"the MNIST cache {path} is unreadable ({' '.join(str(e).split()) or type(e).__name__})") from e
+    raise DataError(f"{name} is unreadable ({' '.join(str(e).split()) or type(e).__name__})") from e
   for s in SPLIT_SIZES:
     images, labels = splits[s]["image"], splits[s]["label"]
     if images.shape[1:] != (28, 28, 1) or labels.shape != images.shape[:1] or images.dtype != np.uint8:
-      raise DataError(f"the MNIST cache {path} has unexpected shapes or types")
+      raise DataError(f"{name} has unexpected shapes or types")
   return splits
+
+
+def _save(f: IO[bytes], splits: Splits) -> None:
+  np.savez(f, **{f"{s}_{k}": v for s, d in splits.items() for k, v in d.items()})
 
 
 def _write_cache(path: str, splits: Splits) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with files.atomic_write(path, "wb") as f:
-    np.savez(f, **{f"{s}_{k}": v for s, d in splits.items() for k, v in d.items()})
+    _save(f, splits)
 
 
 def _can_download() -> bool:
@@ -200,20 +210,19 @@ def build_in_child_process(data_dir: str, manual_dir: str | None) -> Splits:
     DataError: tfds could not build or read the dataset; the child's last line says why.
   """
   logging.info("Preparing MNIST with tfds in %s (once: the arrays are then cached)", data_dir)
-  with tempfile.TemporaryDirectory(prefix="mnist_flax_prepare_") as scratch:
-    out = os.path.join(scratch, CACHE_NAME)
-    child = subprocess.run(
-      [sys.executable, "-m", __name__, data_dir, manual_dir or "", out],
-      env={**CHILD_ENVIRONMENT, **os.environ},
-      stdin=subprocess.DEVNULL,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
-    if child.returncode != 0:
-      lines = [line for line in child.stderr.splitlines() if line.strip()]
-      raise DataError(lines[-1] if lines else f"preparing MNIST with tfds failed with exit code {child.returncode}")
-    return _read_cache(out)
+  child = subprocess.run(
+    [sys.executable, "-m", __name__, data_dir, manual_dir or ""],
+    env={**CHILD_ENVIRONMENT, **os.environ},
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    check=False,
+  )
+  if child.returncode != 0:
+    output = child.stderr.decode(errors="replace")
+    logging.debug("The output of the process that prepared MNIST:\n%s", output)  # Shown with --verbosity=1.
+    lines = [line for line in output.splitlines() if line.strip()]
+    raise DataError(lines[-1] if lines else f"preparing MNIST with tfds failed with exit code {child.returncode}")
+  return _read_arrays(io.BytesIO(child.stdout), "the arrays of the process that prepared MNIST")
 
 
 @contextlib.contextmanager
@@ -289,12 +298,16 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def _child_main(data_dir: str, manual_dir: str, out: str) -> int:
-  """`build_in_child_process`'s child: the splits through tfds into `out`; on failure one line, exit 1."""
+def _child_main(data_dir: str, manual_dir: str) -> int:
+  """`build_in_child_process`'s child: the splits through tfds, as `.npz` bytes on stdout.
+
+  Whatever tfds and TensorFlow print goes to stderr; on failure its last line says why, and the exit code is 1.
+  """
+  arrays = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+  os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
   try:
     with _quiet_tfds():
       splits = read_with_tfds(data_dir, manual_dir or None)
-    _write_cache(out, splits)
   except DataError as e:
     sys.stderr.write(f"{e}\n")
     return 1
@@ -304,6 +317,8 @@ def _child_main(data_dir: str, manual_dir: str, out: str) -> int:
     traceback.print_exc()
     sys.stderr.write(f"preparing MNIST with tfds failed: {_first_line(e)}\n")
     return 1
+  with arrays:
+    _save(arrays, splits)
   return 0
 
 

@@ -233,7 +233,7 @@ def test_the_child_process_gets_its_defaults_and_keeps_the_callers_settings(tmp_
 
   def run(args, env, **kwargs):
     seen.update(env)
-    return subprocess.CompletedProcess(args, 1, "", "why it failed\n")
+    return subprocess.CompletedProcess(args, 1, b"", b"why it failed\n")
 
   monkeypatch.setattr(input_pipeline.subprocess, "run", run)
   monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
