@@ -45,7 +45,7 @@ def make_evaluate(mesh: jax.sharding.Mesh, apply_fn: Callable[..., jax.Array] | 
       image, label, m = jax.lax.with_sharding_constraint(batch, sharding)
       x = input_pipeline.to_unit_float(image)
       if not is_ensemble(state):
-        logits = apply(state.variables(), x, train=False)
+        logits = apply(state.variables(), x, **steps.mode_kwargs(apply, train=False))
         return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), {}
       logits, members = steps.ensemble_logits(apply, state.variables(), x)
       per_member = jax.vmap(steps.eval_metrics, in_axes=(0, None, None))(members, label, m)

@@ -1,8 +1,10 @@
-"""Pure, jitted train and eval steps for any Linen model with an `(images, train)` signature."""
+"""Pure, jitted train and eval steps for any Linen model and any optax optimizer."""
 
 import functools
+import inspect
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,6 +19,35 @@ def _losses_and_hits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, j
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return losses, hits
+
+
+def mode_kwargs(apply_fn: Any, train: bool) -> dict[str, bool]:
+  """How to tell the model whether it trains, read off its `__call__` (at trace time: free at run time).
+
+  Args:
+    apply_fn: `model.apply` of a Linen module (or a function taking the same arguments).
+    train: Whether the call is a training one (dropout on, batch statistics updated).
+
+  Returns:
+    `{"train": train}` for a `__call__` with a `train` argument (or `**kwargs`, or a plain
+    function), `{"deterministic": not train}` for one with `deterministic` instead, and `{}` for a
+    `__call__` that takes only the images.
+  """
+  while isinstance(apply_fn, functools.partial):
+    apply_fn = apply_fn.func
+  module = getattr(apply_fn, "__self__", None)
+  call = type(module).__call__ if isinstance(module, nn.Module) else apply_fn
+  try:
+    parameters = inspect.signature(call).parameters
+  except (TypeError, ValueError):  # No signature to read (a builtin): the library's own convention.
+    return {"train": train}
+  if "train" in parameters:
+    return {"train": train}
+  if "deterministic" in parameters:
+    return {"deterministic": not train}
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return {"train": train}
+  return {}
 
 
 def _slice(batch: Batch, microbatches: int, i: int) -> Batch:
@@ -46,25 +77,27 @@ def train_step(state: TrainState, batch: Batch, microbatches: int = 1) -> tuple[
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   # The state's collections besides the parameters (a BatchNormTrainState's batch_stats) are updated in training.
   mutable = [name for name in state.variables() if name != "params"]
-
-  def means_and_grads(batch: Batch, rng: jax.Array) -> tuple[tuple[jax.Array, tuple[jax.Array, Any]], Any]:
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-      logits, updates = state.apply_fn(
-        state.variables(params), batch["image"], train=True, rngs={"dropout": rng}, mutable=mutable
-      )
-      losses, hits = _losses_and_hits(logits, batch["label"])
-      return losses.mean(), (hits.mean(), updates)
-
-    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-
+  mode = mode_kwargs(state.apply_fn, train=True)
+  slices = [(_slice(batch, microbatches, i), jax.random.fold_in(dropout_rng, i)) for i in range(microbatches)]
   if microbatches == 1:
-    (loss, (accuracy, updates)), grads = means_and_grads(batch, dropout_rng)
-  else:
-    slices = [(_slice(batch, microbatches, i), jax.random.fold_in(dropout_rng, i)) for i in range(microbatches)]
-    parts = [means_and_grads(*args) for args in slices]
-    # The slices are the same size, so the mean of their means is the batch's.
-    (loss, (accuracy, updates)), grads = jax.tree.map(lambda *xs: sum(xs) / microbatches, *parts)
-  new_state = state.apply_gradients(grads=grads, **updates)
+    slices = [(batch, dropout_rng)]
+
+  def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    logits, updates = state.apply_fn(
+      state.variables(params), batch["image"], **mode, rngs={"dropout": rng}, mutable=mutable
+    )
+    losses, hits = _losses_and_hits(logits, batch["label"])
+    return losses.mean(), (hits.mean(), updates)
+
+  def value_fn(params: Any) -> jax.Array:
+    """The batch's mean loss at `params` (the same dropout masks): for optimizers that search a line."""
+    return sum(loss_fn(params, *args)[0] for args in slices) / microbatches
+
+  parts = [jax.value_and_grad(loss_fn, has_aux=True)(state.params, *args) for args in slices]
+  # The slices are the same size, so the mean of their means is the batch's.
+  mean = parts[0] if microbatches == 1 else jax.tree.map(lambda *xs: sum(xs) / microbatches, *parts)
+  (loss, (accuracy, updates)), grads = mean
+  new_state = state.apply_gradients(grads=grads, value=loss, value_fn=value_fn, **updates)
   return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
@@ -98,7 +131,7 @@ def ensemble_logits(apply_fn: Any, variables: Any, images: jax.Array) -> tuple[j
     `(ensemble, members)`: the log of the mean of the members' class probabilities [B, classes]
     (its softmax is that mean) and each member's logits [members, B, classes].
   """
-  members = jax.vmap(lambda v: apply_fn(v, images, train=False))(variables)
+  members = jax.vmap(lambda v: apply_fn(v, images, **mode_kwargs(apply_fn, train=False)))(variables)
   log_mean = jax.nn.logsumexp(jax.nn.log_softmax(members), axis=0) - jnp.log(members.shape[0])
   return log_mean, members
 
@@ -141,5 +174,5 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   Returns:
     The `eval_metrics` of the batch: `loss`, `accuracy`, `count` and `correct`.
   """
-  logits = state.apply_fn(state.variables(), batch["image"], train=False)
+  logits = state.apply_fn(state.variables(), batch["image"], **mode_kwargs(state.apply_fn, train=False))
   return eval_metrics(logits, batch["label"], batch.get("mask"))

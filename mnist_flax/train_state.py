@@ -45,6 +45,21 @@ class TrainState(train_state.TrainState):
     """The model variables for `apply_fn`: `{"params": params}` (the state's own when None)."""
     return {"params": self.params if params is None else params}
 
+  def apply_gradients(self, *, grads: Any, value: Any = None, value_fn: Any = None, **kwargs) -> "TrainState":
+    """One update of `tx` with `grads`: the new state at `step + 1`, `kwargs` replacing fields.
+
+    An optimizer that takes more than the gradient (an `optax.GradientTransformationExtraArgs`, such
+    as `reduce_on_plateau` or `lbfgs`) also gets optax's extra arguments: `value` (the loss),
+    `grad` and `value_fn` (the loss as a function of the parameters), where given.
+    """
+    extra = {}
+    if isinstance(self.tx, optax.GradientTransformationExtraArgs):
+      given = {"value": value, "grad": grads, "value_fn": value_fn}
+      extra = {k: v for k, v in given.items() if v is not None}
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, **extra)
+    params = optax.apply_updates(self.params, updates)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **kwargs)
+
 
 class BatchNormTrainState(TrainState):
   """`TrainState` plus `batch_stats`, the running statistics of a model with `nn.BatchNorm` layers.

@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from mnist_flax import (
   create_train_state,
   ensemble_train_step,
   eval_step,
+  steps,
   train_step,
 )
 
@@ -226,3 +229,107 @@ def test_a_batch_norm_model_trains_on_batch_statistics_and_evaluates_on_running_
   for _ in range(30):
     state, _ = train_step(state, batch)
   assert float(eval_step(state, batch)["loss"]) < 0.5 * first
+
+
+class ImagesOnlyCNN(nn.Module):
+  """The Linen CNN as the Flax examples write it: `__call__(self, x)`, no dropout, no batch norm."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.avg_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+    return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+
+class DeterministicMLP(nn.Module):
+  """A model that takes `deterministic`, as many Flax models do, instead of `train`."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = nn.relu(nn.Dense(32)(x.reshape((x.shape[0], -1))))
+    return nn.Dense(10)(nn.Dropout(0.5, deterministic=deterministic)(x))
+
+
+class KeywordsMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x, **kwargs):
+    x = nn.Dense(10)(x.reshape((x.shape[0], -1)))
+    return nn.Dropout(0.5, deterministic=not kwargs["train"])(x)
+
+
+def own_state(model, tx=None, seed=0):
+  images = jnp.zeros((1, 28, 28, 1))
+  params = model.init(jax.random.PRNGKey(seed), images, **steps.mode_kwargs(model.apply, False))["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx or optax.adam(1e-2), rng=jax.random.PRNGKey(1))
+
+
+@pytest.mark.parametrize(
+  ("model", "expected"),
+  [
+    (ImagesOnlyCNN(), {}),
+    (DeterministicMLP(), {"deterministic": False}),
+    (KeywordsMLP(), {"train": True}),
+  ],
+)
+def test_the_step_tells_a_model_it_trains_the_way_its_call_takes(model, expected):
+  assert steps.mode_kwargs(model.apply, train=True) == expected
+  assert steps.mode_kwargs(functools.partial(model.apply, mutable=False), train=True) == expected
+  assert steps.mode_kwargs(lambda variables, images, train: images, train=False) == {"train": False}
+
+
+def test_a_model_that_takes_only_images_trains_inside_the_callers_scan():
+  state = own_state(ImagesOnlyCNN())
+  batches = jax.tree.map(lambda *xs: jnp.stack(xs), *[make_batch(jax.random.PRNGKey(i), 16) for i in range(4)])
+
+  @jax.jit
+  def run(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  trained, metrics = run(state, batches)
+  assert int(trained.step) == 4 and metrics["loss"].shape == (4,)
+  expected = optax.softmax_cross_entropy_with_integer_labels(
+    state.apply_fn({"params": state.params}, batches["image"][0]), batches["label"][0]
+  ).mean()
+  np.testing.assert_allclose(metrics["loss"][0], expected, rtol=1e-6)
+  assert float(eval_step(trained, make_batch(jax.random.PRNGKey(9)))["count"]) == 8
+
+
+def test_a_model_with_deterministic_drops_out_in_training_only():
+  state = own_state(DeterministicMLP())
+  batch = make_batch(jax.random.PRNGKey(2))
+  _, m0 = train_step(state, batch)
+  _, m1 = train_step(state.replace(step=jnp.int32(1)), batch)
+  assert float(m0["loss"]) != float(m1["loss"])  # Different dropout masks: dropout is on.
+  logits = state.apply_fn({"params": state.params}, batch["image"], deterministic=True)
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  np.testing.assert_allclose(eval_step(state, batch)["loss"], expected, rtol=1e-6)  # Dropout off.
+
+
+def test_an_optimizer_that_takes_the_loss_gets_it():
+  tx = optax.chain(optax.adam(1e-2), optax.contrib.reduce_on_plateau(patience=1, cooldown=0, accumulation_size=1))
+  state = own_state(ImagesOnlyCNN(), tx)
+  batch = make_batch(jax.random.PRNGKey(3))
+  new_state, metrics = train_step(state, batch)
+  plateau = new_state.opt_state[1]
+  np.testing.assert_allclose(plateau.best_value, metrics["loss"], rtol=1e-6)  # The loss before the update.
+
+
+def test_lbfgs_gets_the_loss_its_gradient_and_the_loss_as_a_function():
+  state = own_state(ImagesOnlyCNN(), optax.lbfgs())
+  batch = make_batch(jax.random.PRNGKey(4), 32)
+  losses = []
+  for _ in range(5):
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] and all(np.isfinite(losses))
+
+
+def test_schedule_free_trains_and_its_evaluation_parameters_are_the_callers():
+  """schedule-free's evaluation parameters are not the state's: `eval_step` uses `state.params` as they are."""
+  state = own_state(ImagesOnlyCNN(), optax.contrib.schedule_free_adamw(1e-2, warmup_steps=2))
+  batch = make_batch(jax.random.PRNGKey(5), 32)
+  for _ in range(3):
+    state, _ = train_step(state, batch)
+  eval_params = optax.contrib.schedule_free_eval_params(state.opt_state, state.params)
+  assert not np.allclose(eval_params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+  as_is, averaged = eval_step(state, batch), eval_step(state.replace(params=eval_params), batch)
+  assert float(as_is["loss"]) != float(averaged["loss"])
