@@ -3,7 +3,8 @@
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import ml_collections
@@ -26,6 +27,56 @@ def one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
+# Set to 1 to see the traceback of an error raised by a config file's own code, above its one line.
+TRACEBACK_ENV = "MNIST_FLAX_TRACEBACK"
+
+
+def config_file_error(e: BaseException, paths: Sequence[str]) -> str | None:
+  """An error that a config file's own code raised, as `FILE: get_config() raised Type: message`.
+
+  Follows `e`'s chain (ml_collections and absl wrap what a config file raises) to the exception
+  whose traceback passes through one of `paths`; None if none does. With `MNIST_FLAX_TRACEBACK=1`
+  set, that exception's traceback is printed first.
+  """
+  files = {os.path.abspath(p): p for p in paths}
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) in files:
+      message = f"{files[os.path.abspath(e.filename)]}: {type(e).__name__}: {e.msg} (line {e.lineno})"
+      return _with_traceback(e, message)
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) in files]
+    if frames:
+      outer, inner = frames[0], frames[-1]
+      entry = "loading it" if outer.name == "<module>" else f"{outer.name}()"
+      where = f"line {inner.lineno}" + ("" if inner.name in ("<module>", outer.name) else f", in {inner.name}")
+      text = " ".join(str(e).split())
+      message = f"{files[os.path.abspath(outer.filename)]}: {entry} raised {type(e).__name__}" + (
+        f": {text}" if text else ""
+      )
+      return _with_traceback(e, f"{message} ({where})")
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _with_traceback(e: BaseException, message: str) -> str:
+  if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+    traceback.print_exception(e)
+    return message
+  return f"{message}; {TRACEBACK_ENV}=1 shows the traceback"
+
+
+def config_paths(argv: Sequence[str], name: str = "config") -> list[str]:
+  """The config files named by `--NAME=FILE[:arg]` or `--NAME FILE` in `argv`."""
+  found = []
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      found.append(arg.split("=", 1)[1].split(":")[0])
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      found.append(argv[i + 1].split(":")[0])
+  return found
+
+
 def config_file(flag) -> str:
   """A config-file flag's file, without the optional `:argument` that ml_collections passes to get_config."""
   return flag.config_filename.split(":")[0]
@@ -41,9 +92,16 @@ def load_config(holder) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise UsageError(f"config file {path} does not exist")
   try:
-    return holder.value
+    config = flags.FLAGS[holder.name].value  # Not holder.value, which refuses None before it can be named.
   except Exception as e:  # noqa: BLE001 - a broken config file or a bad override.
-    raise UsageError(f"cannot load config {path}: {one_line(e)}") from e
+    raise UsageError(config_file_error(e, [path]) or f"cannot load config {path}: {one_line(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(
+      f"{path}: get_config() returned {'None' if config is None else type(config).__name__}, "
+      "not an ml_collections.ConfigDict "
+      "(start from the get_config() of configs/default.py)"
+    )
+  return config
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -69,14 +127,20 @@ def quiet_library_logs() -> None:
   std_logging.getLogger("jax._src.compilation_cache").setLevel(std_logging.WARNING)  # "Resetting cache at ..."
 
 
+def _not_the_none_warning(record: std_logging.LogRecord) -> bool:
+  """ml_collections' warning that get_config() returned None: `load_config` stops with it in one line."""
+  return not (record.pathname.endswith("config_flags.py") and "returned None" in record.getMessage())
+
+
 def run(main: Callable[[list[str]], None], prog: str) -> None:
   """Runs `main(argv)` under absl: flag errors and `UsageError`s end in one line and exit code 1."""
+  logging.get_absl_logger().addFilter(_not_the_none_warning)
 
   def parse(argv: list[str]) -> list[str]:
     try:
       return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - every bad flag ends the same way.
-      fail(prog, one_line(e))
+      fail(prog, config_file_error(e, config_paths(argv)) or one_line(e))
 
   def guarded(argv: list[str]) -> None:
     quiet_library_logs()

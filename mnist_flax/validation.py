@@ -67,12 +67,24 @@ def _is_number(x) -> bool:
 
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-  """Checks a run config; raises `ConfigError` naming the first bad field.
+  """Checks a run config; raises `ConfigError` naming the first bad or missing field.
 
   Args:
     config: A run config (see `configs/default.py`).
     device_count: Devices the batches are split over (default: `jax.device_count()`).
   """
+  try:
+    _validate_config(config, device_count)
+  except (KeyError, AttributeError) as e:  # ConfigDict's missing field; its AttributeError wraps the KeyError.
+    while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+      e = e.args[0]
+    if not isinstance(e, KeyError):
+      raise
+    name = str(e.args[0]).partition("\n")[0].strip("'\"") if e.args else "?"
+    raise ConfigError(f"the config has no field {name!r} (start from the get_config() of configs/default.py)") from e
+
+
+def _validate_config(config: ml_collections.ConfigDict, device_count: int | None) -> None:
   device_count = jax.device_count() if device_count is None else device_count
   for name in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints"):
     value = config[name]
