@@ -11,6 +11,7 @@ never interrupted, and ends with bit-for-bit the same parameters and metrics.
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 import signal
@@ -43,6 +44,9 @@ from mnist_flax.errors import UsageError
 from mnist_flax.train_state import TrainState, create_ensemble_state, is_ensemble
 
 PLOTS_DIR = "plots"
+PLOTS_DONE = (
+  "plots.json"  # Beside PLOTS_DIR, written once the plots are: `{"step": S, ...}` of the checkpoint they show.
+)
 # Steps per dispatch on CPU when config.steps_per_dispatch is 0: chunks short enough for a
 # responsive progress bar and Ctrl-C; on GPU and TPU one chunk is the whole epoch.
 CPU_STEPS_PER_DISPATCH = 16
@@ -458,16 +462,46 @@ def _record_lost(workdir: str, step: int, steps_per_epoch: int) -> bool:
   return all(r["step"] != step for r in metric_writers.read_records(workdir))
 
 
+def _plots_written(workdir: str, step: int) -> bool:
+  """Whether the plots and the TensorBoard image of the mistakes were written for the checkpoint at `step`."""
+  try:
+    with open(os.path.join(workdir, PLOTS_DONE)) as f:
+      return json.load(f).get("step") == step
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, writer) -> None:
-  """Plots and the TensorBoard image of the most confident mistakes, once training is complete."""
+  """Plots and the TensorBoard image of the most confident mistakes, once training is complete and saved.
+
+  `plots.json` is written last; a stop before it (SIGTERM, Ctrl-C) ends the run with `Interrupted`
+  saying so, and the next run of the command writes them.
+  """
   from mnist_flax import plots
 
+  def stop(signum, frame):
+    del frame
+    raise Interrupted(
+      f"training is complete (checkpoint at step {step}) but its plots are not written; "
+      "rerun the same command to write them",
+      signum,
+    )
+
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     written = write_plots(workdir, data, test["probabilities"])
     writer.write_image(step, "test/most_confident_mistakes", plots.read_rgb(written["mistakes"]))
+    writer.flush()
+    with files.atomic_write(os.path.join(workdir, PLOTS_DONE), "w") as f:
+      json.dump({"step": step, "plots": sorted(written)}, f)
+  except Interrupted:
+    raise
   except Exception as e:  # noqa: BLE001 - the trained model and its records are already safe.
     logging.warning("Could not write the plots: %s", e)
     return
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
   logging.info("Plots: %s", ", ".join(sorted(written.values())))
 
 
@@ -620,9 +654,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
   spe, writer, manager = run.steps_per_epoch, run.writer, run.manager
   start_step, total_steps = state_step(state), config.num_epochs * run.steps_per_epoch
   if start_step >= total_steps:
-    logging.info("Training already complete at step %d; nothing to do.", start_step)
-    writer.close()
     manager.close()
+    is_main = jax.process_index() == 0
+    if parallel.process_0_says(is_main and not _plots_written(workdir, start_step)):
+      logging.info("Training already complete at step %d; writing its plots, which a stop had cut short.", start_step)
+      test = run.evaluator(state)  # Every process: the evaluation is one program over all devices.
+      if is_main:
+        _finish(workdir, data, test, start_step, writer)
+    else:
+      logging.info("Training already complete at step %d; nothing to do.", start_step)
+    writer.close()
     records = metric_writers.read_records(workdir)
     return records[-1] if records else {"step": start_step}
 
@@ -645,8 +686,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
       if preempted and step < total_steps:
         writer.close()
         _stop(manager, step, stop)
+  checkpoints.finish(manager)  # The trained model is on disk before the plots are drawn.
   if jax.process_index() == 0:
     _finish(workdir, data, test, total_steps, writer)
   writer.close()
-  checkpoints.finish(manager)
   return record

@@ -157,6 +157,43 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(mock_data_dir, tmp_path
   assert epochs == list(range(1, 201))
 
 
+def test_a_stop_while_plotting_says_so_and_the_next_run_writes_the_plots(mock_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  args = tiny_args(mock_data_dir, workdir, num_epochs=1)
+  code = (  # SIGTERM to itself when the first plot file is opened: a stop while the plots are drawn.
+    "import os, runpy, signal, sys\n"
+    "def hook(event, args):\n"
+    "  if event == 'open' and isinstance(args[0], str) and '/plots/' in args[0] and not hook.sent:\n"
+    "    hook.sent = True\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "hook.sent = False\n"
+    "sys.addaudithook(hook)\n"
+    f"sys.argv = ['main.py', *{list(args)!r}]\n"
+    "runpy.run_path('main.py', run_name='__main__')\n"
+  )
+  stopped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+  assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+  step = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+  assert stopped.stderr.strip().splitlines()[-1] == (
+    f"main.py: training is complete (checkpoint at step {step}) but its plots are not written; "
+    "rerun the same command to write them"
+  )
+  assert not (workdir / "plots.json").exists()
+
+  rerun = run_main(*args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "writing its plots" in rerun.stderr
+  assert json.loads((workdir / "plots.json").read_text())["step"] == step
+  assert len(os.listdir(workdir / "plots")) == 5
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  assert "test/most_confident_mistakes" in events.Tags()["images"]
+  again = run_main(*args)
+  assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
   proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={tmp_path / 'run'}"],
