@@ -333,3 +333,18 @@ def test_schedule_free_trains_and_its_evaluation_parameters_are_the_callers():
   assert not np.allclose(eval_params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
   as_is, averaged = eval_step(state, batch), eval_step(state.replace(params=eval_params), batch)
   assert float(as_is["loss"]) != float(averaged["loss"])
+
+
+def test_members_of_a_model_that_takes_only_images_train_and_predict_side_by_side():
+  model, tx = ImagesOnlyCNN(), optax.adam(1e-2)  # One of each: the members' states are one pytree structure.
+  members = [own_state(model, tx, seed=s) for s in (0, 1)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+  batch = make_batch(jax.random.PRNGKey(6))
+  trained, metrics = ensemble_train_step(stacked, batch)
+  assert metrics["loss"].shape == (2,)
+  for i, member in enumerate(members):
+    alone, m = train_step(member, batch)
+    np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
+    np.testing.assert_allclose(trained.params["Dense_0"]["kernel"][i], alone.params["Dense_0"]["kernel"], atol=1e-6)
+  ensemble, each = steps.ensemble_logits(stacked.apply_fn, stacked.variables(), batch["image"])
+  assert ensemble.shape == (8, 10) and each.shape == (2, 8, 10)
