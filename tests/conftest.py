@@ -27,6 +27,13 @@ def pytest_configure(config):
     config._compilation_cache = os.environ["MNIST_FLAX_COMPILATION_CACHE"]
 
 
+def pytest_collection_modifyitems(config, items):
+  """Marks the tests that use real MNIST `real_mnist`: `pytest -m real_mnist` runs them alone."""
+  for item in items:
+    if {"manual_dir", "real_data_dir"} & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.real_mnist)
+
+
 def pytest_unconfigure(config):
   import shutil
 

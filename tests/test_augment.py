@@ -97,3 +97,16 @@ def test_from_config(config):
     del config[field]  # A config from before these fields.
   assert Augmentation.from_config(config) == Augmentation(max_shift=config.augment_max_shift)
   assert hash(Augmentation(2, 10.0, 0.1, 34.0)) == hash(Augmentation(2, 10.0, 0.1, 34.0))
+
+
+@pytest.mark.parametrize("max_shift", [1, 2, 3])
+def test_every_shift_from_minus_to_plus_max_is_drawn_on_each_axis(max_shift):
+  dot = np.zeros((2000, 28, 28, 1), np.float32)
+  dot[:, 14, 14, 0] = 1.0
+  shifted = np.asarray(augment.random_shift(jax.random.PRNGKey(3), dot, max_shift))
+  assert np.all(shifted.reshape(len(dot), -1).sum(axis=1) == 1.0)  # The dot stays in the image, whole.
+  rows, cols = np.nonzero(shifted[..., 0])[1:]
+  for moved in (rows - 14, cols - 14):
+    values, counts = np.unique(moved, return_counts=True)
+    assert values.tolist() == list(range(-max_shift, max_shift + 1))
+    assert counts.min() > len(dot) / (2 * max_shift + 1) / 2  # Each about equally often.

@@ -43,6 +43,28 @@ def test_time_to_a_target_accuracy(result):
   assert result["target_s"] > 0
 
 
+def test_time_to_accuracy_stops_at_the_first_epoch_the_training_loop_reaches_it(tiny_config, mock_data_dir, tiny_run):
+  """The same training as main.py's loop: its epochs' test accuracies decide where the clock stops."""
+  from mnist_flax import evaluation, input_pipeline, train_state
+
+  with open(f"{tiny_run}/metrics.jsonl") as f:
+    accuracies = [json.loads(line)["test_accuracy"] for line in f]
+  assert len(accuracies) == tiny_config.num_epochs == 2
+  tiny_config.data_dir = mock_data_dir
+  data = input_pipeline.load_mnist(mock_data_dir)
+  setup = benchmark._Setup(tiny_config, data)  # noqa: SLF001
+  evaluator = evaluation.Evaluator(
+    data["test"], tiny_config.eval_batch_size, setup.mesh, train_state.eval_model(tiny_config).apply
+  )
+  cases = [(accuracies[0], True, 1, accuracies[0]), (max(accuracies) + 1e-3, False, 2, accuracies[1])]
+  if accuracies[1] > accuracies[0]:
+    cases.append((accuracies[1], True, 2, accuracies[1]))
+  for target, reached, epochs, accuracy in cases:
+    got = benchmark.time_to_accuracy(setup, evaluator, target)
+    assert (got["target_reached"], got["target_epochs"]) == (reached, epochs), target
+    assert got["target_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
 def test_the_table_names_every_figure(result):
   text = benchmark.table(result)
   assert "compile: train chunk" in text and "fraction of peak" in text and "time to 5.00% test accuracy" in text

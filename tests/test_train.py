@@ -357,6 +357,136 @@ def test_an_epoch_at_chance_stops_after_its_record_keeping_earlier_checkpoints(t
   assert all(int(d) < spe for d in os.listdir(workdir / "checkpoints") if d.isdigit())
 
 
-def test_sums_are_float32_scalars():
-  assert all(isinstance(k, str) for k in train.SUM_KEYS)
-  assert jnp.zeros((), jnp.float32).dtype == jnp.float32
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_sums_start_as_float32_zeros_one_per_metric_and_member(shape):
+  sharding = parallel.replicated(parallel.create_mesh())
+  sums = train.zero_sums(sharding, shape)
+  assert sorted(sums) == sorted(train.SUM_KEYS) == ["accuracy", "grad_norm", "loss"]
+  for value in sums.values():
+    assert value.dtype == jnp.float32 and value.shape == shape and value.sharding == sharding
+    np.testing.assert_array_equal(value, np.zeros(shape, np.float32))
+
+
+# What the loop feeds: training images that carry their example's index in two pixels, recorded by
+# a host callback in every step the compiled chunks run.
+FED_EXAMPLES, FED_BATCH, FED_TEST = 96, 16, 48  # 6 steps an epoch, in chunks of 4 and 2.
+
+
+def identified_data_dir(tmp_path) -> str:
+  """A data dir whose cached MNIST arrays have training image i holding i in pixels (0, 0) and (0, 1)."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (FED_EXAMPLES, 28, 28, 1), dtype=np.uint8)
+  images[:, 0, 0, 0], images[:, 0, 1, 0] = np.arange(FED_EXAMPLES) % 256, np.arange(FED_EXAMPLES) // 256
+  splits = {
+    "train": {"image": images, "label": rng.integers(0, 10, FED_EXAMPLES).astype(np.int32)},
+    "test": {"image": images[:FED_TEST], "label": rng.integers(0, 10, FED_TEST).astype(np.int32)},
+  }
+  data_dir = str(tmp_path / "identified")
+  train.input_pipeline._write_cache(train.input_pipeline.cache_path(data_dir), splits)  # noqa: SLF001
+  return data_dir
+
+
+@pytest.fixture
+def fed(monkeypatch):
+  """The example indices of every step's batch, in step order ([B], or [members, B] for own batches)."""
+  seen = []
+
+  def record(images):
+    pixels = np.rint(np.asarray(images)[..., 0, :2, 0] * 255).astype(int)
+    seen.append(pixels[..., 0] + 256 * pixels[..., 1])
+
+  in_members = []  # Set while an ensemble step is traced: its members' own steps are not recorded again.
+
+  def recorded(step, members):
+    def wrapper(state, batch, *args, **kwargs):
+      if not in_members:
+        jax.debug.callback(record, batch["image"], ordered=True)
+      if not members:
+        return step(state, batch, *args, **kwargs)
+      in_members.append(True)
+      try:
+        return step(state, batch, *args, **kwargs)
+      finally:
+        in_members.pop()
+
+    return wrapper
+
+  monkeypatch.setattr(train.steps, "train_step", recorded(train.steps.train_step, False))
+  monkeypatch.setattr(train.steps, "ensemble_train_step", recorded(train.steps.ensemble_train_step, True))
+  return seen
+
+
+def fed_config(tiny_config, data_dir, **changes):
+  tiny_config.update_from_flattened_dict(
+    {
+      "data_dir": data_dir,
+      "batch_size": FED_BATCH,
+      "eval_batch_size": FED_TEST,
+      "num_epochs": 2,
+      "steps_per_dispatch": 4,
+      "checkpoint_every_steps": 5,
+      "augment_max_shift": 0,  # Shifts would move the pixels that name the example.
+      **changes,
+    }
+  )
+  return tiny_config
+
+
+@pytest.mark.parametrize("members", [{}, {"ensemble_size": 2, "member_batches": "own"}], ids=["single", "own_batches"])
+def test_each_epoch_feeds_every_example_once_in_its_own_order_also_after_a_resume(
+  tiny_config, tmp_path, fed, monkeypatch, members
+):
+  config = fed_config(tiny_config, identified_data_dir(tmp_path), **members)
+  spe = FED_EXAMPLES // FED_BATCH
+  train.train_and_evaluate(config, str(tmp_path / "whole"))
+  jax.effects_barrier()
+  whole = np.stack(fed)  # [steps, B] or [steps, members, B]
+  assert len(whole) == 2 * spe
+  keys = train.data_keys(config)
+  for epoch in range(2):
+    fed_epoch = np.moveaxis(whole[epoch * spe : (epoch + 1) * spe], 0, -2)  # [..., steps, B]
+    fed_epoch = fed_epoch.reshape(*fed_epoch.shape[:-2], FED_EXAMPLES)
+    for order in fed_epoch.reshape(-1, FED_EXAMPLES):
+      assert sorted(order.tolist()) == list(range(FED_EXAMPLES))  # Every example once.
+    np.testing.assert_array_equal(fed_epoch, train.epoch_order(keys, epoch, FED_EXAMPLES))
+  first, second = whole[:spe], whole[spe:]
+  assert not np.array_equal(first, second)  # Each epoch its own order.
+  if members:
+    assert not np.array_equal(whole[:, 0], whole[:, 1])  # Each member its own order.
+
+  fed.clear()
+  real_save, saves = train.checkpoints.save, []
+
+  def save_then_crash(manager, step, item, progress):
+    real_save(manager, step, item, progress)
+    saves.append(step)
+    if len(saves) == 2:  # At step 10, in the second epoch.
+      manager.wait_until_finished()
+      raise RuntimeError("simulated crash")
+
+  monkeypatch.setattr(train.checkpoints, "save", save_then_crash)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(train.checkpoints, "save", real_save)
+  assert saves == [6, 10]
+  jax.effects_barrier()
+  fed_before = np.stack(fed)
+  assert len(fed_before) == 10
+  fed.clear()
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  jax.effects_barrier()
+  np.testing.assert_array_equal(np.concatenate([fed_before, np.stack(fed)]), whole)
+
+
+def test_each_record_holds_the_learning_rate_of_its_epochs_last_step(tiny_run):
+  import ml_collections
+
+  with open(os.path.join(tiny_run, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  schedule = train.train_state.create_schedule(config, MOCK_EXAMPLES // config.batch_size)
+  records = read_records(tiny_run)
+  assert len(records) == config.num_epochs
+  for record in records:
+    assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)), rel=1e-6)
+  curve = tensorboard_scalars(os.path.join(tiny_run, metric_writers.TENSORBOARD_DIR))["train/learning_rate"]
+  assert curve == [(r["step"], pytest.approx(r["learning_rate"], rel=1e-6)) for r in records]

@@ -1,3 +1,5 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from mnist_flax.train_state import (
   conv_impl,
   create_ensemble_state,
   create_optimizer,
+  create_schedule,
   eval_conv_impl,
   eval_model,
   is_ensemble,
@@ -61,6 +64,29 @@ def test_schedule_warms_up_and_decays(config):
   assert max(lrs) == pytest.approx(2e-3, rel=1e-2)
   assert int(np.argmax(lrs)) == pytest.approx(100, abs=1)
   assert lrs[-1] == pytest.approx(2e-5, rel=0.1)
+
+
+@pytest.mark.parametrize("warmup_epochs", [1.0, 0.25, 0.0])
+def test_the_schedule_is_its_closed_form_where_it_turns(config, warmup_epochs):
+  """Linear warm-up from 0 to the peak over W steps, then a cosine from the peak to the end value at step T."""
+  config.learning_rate, config.warmup_epochs, config.num_epochs, config.final_learning_rate_factor = (
+    2e-3,
+    warmup_epochs,
+    4,
+    0.01,
+  )
+  spe, total, peak, end = 100, 400, 2e-3, 2e-5
+  warmup = int(warmup_epochs * spe)
+  schedule = create_schedule(config, spe)
+
+  def closed_form(t):
+    if t < warmup:
+      return peak * t / warmup
+    return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+  for t in sorted({0, max(warmup - 1, 0), warmup, warmup + 1, total // 2, total - 1}):
+    assert float(schedule(t)) == pytest.approx(closed_form(t), rel=1e-5, abs=1e-12), t
+  assert float(schedule(warmup)) == pytest.approx(peak, rel=1e-6)
 
 
 def test_constant_schedule_for_the_seed_recipe(seed_config):

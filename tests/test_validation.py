@@ -115,9 +115,12 @@ def test_manual_dir_must_hold_the_four_files(config, tmp_path):
 
 
 def test_a_stale_manual_dir_does_not_block_prepared_data(config, mock_data_dir, tmp_path):
-  config.data_dir = mock_data_dir
   config.manual_dir = str(tmp_path / "long gone")
-  validation.validate_config(config)
+  config.data_dir = str(tmp_path / "not prepared")
+  with pytest.raises(ConfigError, match="long gone is not a folder"):
+    validation.validate_config(config)
+  config.data_dir = mock_data_dir  # Prepared: the manual dir is no longer read.
+  assert validation.validate_config(config) is None
 
 
 def test_workdir_checks(config, tmp_path):
