@@ -11,17 +11,15 @@ import ml_collections
 from absl import app, flags, logging
 
 from mnist_flax import startup
-from mnist_flax.errors import UsageError
+from mnist_flax.errors import UsageError, config_field_error
 
 
 def one_line(e: BaseException) -> str:
   """An exception as one line of text."""
-  while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
-    e = e.args[0]  # ml_collections wraps its KeyError for an unknown field in an AttributeError.
-  if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):  # "'name'\nDid you mean ...?"
-    name, _, hint = e.args[0].partition("\n")
-    hint = hint.strip() or "the config file lists the valid fields"
-    return f"unknown config field {name.strip(chr(39))!r}; {hint}"
+  field = config_field_error(e)
+  if field is not None:
+    name, hint = field
+    return f"unknown config field {name!r}; {hint or 'the config file lists the valid fields'}"
   if isinstance(e, AttributeError) and "get_config" in str(e):
     return "the config file has no get_config() function returning an ml_collections.ConfigDict"
   return " ".join(str(e).split()) or type(e).__name__

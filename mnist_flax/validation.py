@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mnist_flax import checkpoints, input_pipeline, locking, metric_writers, models, train_state
-from mnist_flax.errors import UsageError
+from mnist_flax.errors import UsageError, config_field_error
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
@@ -75,13 +75,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
   """
   try:
     _validate_config(config, device_count)
-  except (KeyError, AttributeError) as e:  # ConfigDict's missing field; its AttributeError wraps the KeyError.
-    while isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
-      e = e.args[0]
-    if not isinstance(e, KeyError):
+  except (KeyError, AttributeError) as e:
+    field = config_field_error(e)
+    if field is None:
       raise
-    name = str(e.args[0]).partition("\n")[0].strip("'\"") if e.args else "?"
-    raise ConfigError(f"the config has no field {name!r} (start from the get_config() of configs/default.py)") from e
+    raise ConfigError(
+      f"the config has no field {field[0]!r} (start from the get_config() of configs/default.py)"
+    ) from e
 
 
 def _validate_config(config: ml_collections.ConfigDict, device_count: int | None) -> None:
