@@ -282,7 +282,8 @@ def read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
     try:
       builder.download_and_prepare(download_config=download_config)
     except NonMatchingChecksumError as e:
-      raise DataError(f"an MNIST file does not match its registered checksum: {str(e).strip().splitlines()[0]}") from e
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise DataError(f"an MNIST file does not match its registered checksum: {first_line}") from e
   splits = {}
   for split in SPLIT_SIZES:
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
