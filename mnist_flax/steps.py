@@ -78,9 +78,9 @@ def train_step(state: TrainState, batch: Batch, microbatches: int = 1) -> tuple[
   # The state's collections besides the parameters (a BatchNormTrainState's batch_stats) are updated in training.
   mutable = [name for name in state.variables() if name != "params"]
   mode = mode_kwargs(state.apply_fn, train=True)
-  slices = [(_slice(batch, microbatches, i), jax.random.fold_in(dropout_rng, i)) for i in range(microbatches)]
-  if microbatches == 1:
-    slices = [(batch, dropout_rng)]
+  slices = [(batch, dropout_rng)]
+  if microbatches > 1:
+    slices = [(_slice(batch, microbatches, i), jax.random.fold_in(dropout_rng, i)) for i in range(microbatches)]
 
   def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Any]]:
     logits, updates = state.apply_fn(

@@ -44,9 +44,8 @@ from mnist_flax.errors import UsageError
 from mnist_flax.train_state import TrainState, create_ensemble_state, is_ensemble
 
 PLOTS_DIR = "plots"
-PLOTS_DONE = (
-  "plots.json"  # Beside PLOTS_DIR, written once the plots are: `{"step": S, ...}` of the checkpoint they show.
-)
+# Beside PLOTS_DIR, written once the plots are: `{"step": S, ...}` of the checkpoint they show.
+PLOTS_DONE = "plots.json"
 # Steps per dispatch on CPU when config.steps_per_dispatch is 0: chunks short enough for a
 # responsive progress bar and Ctrl-C; on GPU and TPU one chunk is the whole epoch.
 CPU_STEPS_PER_DISPATCH = 16
