@@ -22,7 +22,7 @@ PROG = "main.py"
 if __name__ == "__main__":
   # Ctrl-C before the loop installs its own handler (which saves a checkpoint first): one line, exit 130.
   # Nothing of value is unwritten then (files are replaced whole, the lock dies with the process).
-  from mnist_flax import startup
+  from mnist_flax.tools import startup
 
   startup.exit_on_interrupt(PROG)
 
@@ -30,8 +30,10 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import checkpoints, cli, train
+from mnist_flax import train
 from mnist_flax.errors import UsageError
+from mnist_flax.run import checkpoints
+from mnist_flax.tools import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

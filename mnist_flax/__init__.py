@@ -8,20 +8,20 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-  "BatchNormTrainState": "mnist_flax.train_state",
-  "CNN": "mnist_flax.models",
-  "Predictor": "mnist_flax.inference",
-  "TrainState": "mnist_flax.train_state",
+  "BatchNormTrainState": "mnist_flax.core.train_state",
+  "CNN": "mnist_flax.core.models",
+  "Predictor": "mnist_flax.tools.trained_model",
+  "TrainState": "mnist_flax.core.train_state",
   "UsageError": "mnist_flax.errors",
-  "create_ensemble_state": "mnist_flax.train_state",
-  "create_model": "mnist_flax.models",
-  "create_optimizer": "mnist_flax.train_state",
-  "create_train_state": "mnist_flax.train_state",
-  "ensemble_train_step": "mnist_flax.steps",
-  "eval_step": "mnist_flax.steps",
-  "load_checkpoint": "mnist_flax.inference",
+  "create_ensemble_state": "mnist_flax.core.train_state",
+  "create_model": "mnist_flax.core.models",
+  "create_optimizer": "mnist_flax.core.train_state",
+  "create_train_state": "mnist_flax.core.train_state",
+  "ensemble_train_step": "mnist_flax.core.steps",
+  "eval_step": "mnist_flax.core.steps",
+  "load_checkpoint": "mnist_flax.tools.trained_model",
   "train_and_evaluate": "mnist_flax.train",
-  "train_step": "mnist_flax.steps",
+  "train_step": "mnist_flax.core.steps",
 }
 __all__ = sorted(_EXPORTS)
 

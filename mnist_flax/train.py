@@ -25,23 +25,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_flax import (
-  augment,
-  checkpoints,
-  compilation_cache,
-  evaluation,
-  files,
-  input_pipeline,
-  locking,
-  metric_writers,
-  models,
-  parallel,
-  steps,
-  train_state,
-  validation,
-)
+from mnist_flax.core import models, scoring, steps, train_state
+from mnist_flax.core.train_state import TrainState, create_ensemble_state, is_ensemble
+from mnist_flax.data import augment, input_pipeline
 from mnist_flax.errors import UsageError
-from mnist_flax.train_state import TrainState, create_ensemble_state, is_ensemble
+from mnist_flax.run import checkpoints, compilation_cache, config_checks, files, locking, parallel, record_writers
 
 PLOTS_DIR = "plots"
 # Beside PLOTS_DIR, written once the plots are: `{"step": S, ...}` of the checkpoint they show.
@@ -285,10 +273,10 @@ class _Run:
   steps_per_epoch: int
   chunk_steps: int
   train_data: tuple[jax.Array, jax.Array, jax.Array]  # images, labels, data key(s); replicated.
-  evaluator: evaluation.Evaluator
+  evaluator: scoring.Evaluator
   schedule: Any
   manager: Any
-  writer: metric_writers.MetricWriter
+  writer: record_writers.MetricWriter
   elapsed_before: float
   start_time: float = dataclasses.field(default_factory=time.perf_counter)
   chunk_fns: dict[int, Any] = dataclasses.field(default_factory=dict)
@@ -347,7 +335,7 @@ def _train_epoch(run: _Run, state: TrainState, sums: dict, epoch: int, offset: i
   images, labels, data_rng = run.train_data
   order = epoch_order_fn(run.mesh)(data_rng, epoch, len(labels))
   before = jax.device_get(sums)
-  throughput = metric_writers.Throughput()
+  throughput = record_writers.Throughput()
   due = preempted = False
   for first in range(offset, spe, run.chunk_steps):
     n = min(run.chunk_steps, spe - first)
@@ -437,13 +425,13 @@ def _member_records(run: _Run, train: dict[str, np.ndarray], test: list[dict], s
 
 def write_plots(workdir: str, data: input_pipeline.Splits, probabilities: np.ndarray) -> dict[str, str]:
   """Writes the run's plots to `<workdir>/plots` (matplotlib is imported here, after training)."""
-  from mnist_flax import plots
+  from mnist_flax.tools import plots
 
   return plots.write_all(
     os.path.join(workdir, PLOTS_DIR),
     train_images=data["train"]["image"],
     train_labels=data["train"]["label"],
-    records=metric_writers.read_records(workdir),
+    records=record_writers.read_records(workdir),
     test_images=data["test"]["image"],
     test_labels=data["test"]["label"],
     test_probabilities=probabilities,
@@ -458,7 +446,7 @@ def _record_lost(workdir: str, step: int, steps_per_epoch: int) -> bool:
   """
   if step == 0 or step % steps_per_epoch:
     return False
-  return all(r["step"] != step for r in metric_writers.read_records(workdir))
+  return all(r["step"] != step for r in record_writers.read_records(workdir))
 
 
 def _plots_written(workdir: str, step: int) -> bool:
@@ -476,7 +464,7 @@ def _finish(workdir: str, data: input_pipeline.Splits, test: dict, step: int, wr
   `plots.json` is written last; a stop before it (SIGTERM, Ctrl-C) ends the run with `Interrupted`
   saying so, and the next run of the command writes them.
   """
-  from mnist_flax import plots
+  from mnist_flax.tools import plots
 
   def stop(signum, frame):
     del frame
@@ -535,8 +523,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Interrupted: SIGTERM or SIGINT stopped the run after a checkpoint was saved.
     Diverged: the training loss became NaN or infinite, or exploded (see `check_loss`).
   """
-  validation.validate_config(config)
-  validation.check_workdir(config, workdir)
+  config_checks.validate_config(config)
+  config_checks.check_workdir(config, workdir)
   compilation_cache.use(config.get("compilation_cache", ""))
   is_main, several = jax.process_index() == 0, jax.process_count() > 1
   load = functools.partial(input_pipeline.load_mnist, config.data_dir or None, config.manual_dir or None)
@@ -548,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def hold() -> None:
       held.enter_context(locking.workdir_lock(workdir, enabled=is_main))
-      validation.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
+      config_checks.check_workdir(config, workdir)  # Again: a run that held the lock may have written it.
 
     _together(hold, turn=True)
     try:
@@ -586,12 +574,12 @@ def _resume(config: ml_collections.ConfigDict, workdir: str, spe: int, mesh: jax
   `config.json` is written only once the restore has succeeded, so a failed resume leaves it as it was.
   """
   item = init_train_item(config, spe, mesh)
-  saved = validation.saved_config(workdir)
+  saved = config_checks.saved_config(workdir)
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   restored = checkpoints.restore_newest_readable(manager, item, workdir, move=is_main)
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    with files.atomic_write(os.path.join(workdir, validation.CONFIG_FILE), "w") as f:
+    with files.atomic_write(os.path.join(workdir, config_checks.CONFIG_FILE), "w") as f:
       f.write(config.to_json(indent=2))
   if restored is None:
     return manager, item, 0.0
@@ -624,7 +612,7 @@ def _start(
   manager, item, elapsed_before = _resume(config, workdir, spe, mesh, is_main)
   state, sums = item["state"], item["sums"]
   start_step = state_step(state)
-  writer = metric_writers.create_default_writer(
+  writer = record_writers.create_default_writer(
     workdir, steps_per_epoch=spe, num_epochs=config.num_epochs, enabled=is_main
   )
   writer.truncate(start_step)
@@ -634,7 +622,7 @@ def _start(
     steps_per_epoch=spe,
     chunk_steps=chunk_steps,
     train_data=parallel.put_replicated((data["train"]["image"], data["train"]["label"], data_keys(config)), mesh),
-    evaluator=evaluation.Evaluator(data["test"], config.eval_batch_size, mesh, train_state.eval_model(config).apply),
+    evaluator=scoring.Evaluator(data["test"], config.eval_batch_size, mesh, train_state.eval_model(config).apply),
     schedule=train_state.create_schedule(config, spe),
     manager=manager,
     writer=writer,
@@ -663,7 +651,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: i
     else:
       logging.info("Training already complete at step %d; nothing to do.", start_step)
     writer.close()
-    records = metric_writers.read_records(workdir)
+    records = record_writers.read_records(workdir)
     return records[-1] if records else {"step": start_step}
 
   record: dict[str, Any] = {}

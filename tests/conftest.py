@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import default, keras_seed
-from mnist_flax import input_pipeline
+from mnist_flax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_MNIST_REASON = "real MNIST is absent: set MNIST_MANUAL_DIR to a folder with the four original MNIST files"

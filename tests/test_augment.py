@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import augment
-from mnist_flax.augment import Augmentation
+from mnist_flax.data import augment
+from mnist_flax.data.augment import Augmentation
 
 IMAGES = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1))
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mnist_flax import benchmark
+from mnist_flax.tools import benchmark
 from tests.conftest import MOCK_EXAMPLES, assert_one_line_error, run_module, tiny_flags
 
 
@@ -28,7 +28,8 @@ def test_the_figures_are_measured_and_consistent(result, tiny_config):
 
 @pytest.mark.parametrize("scan", ["rolled", "unrolled"])
 def test_flops_per_step_are_those_of_an_unrolled_chunk_over_its_length(tiny_config, mock_data_dir, scan):
-  from mnist_flax import input_pipeline, train
+  from mnist_flax import train
+  from mnist_flax.data import input_pipeline
 
   tiny_config.data_dir, tiny_config.scan = mock_data_dir, scan
   setup = benchmark._Setup(tiny_config, input_pipeline.load_mnist(mock_data_dir))  # noqa: SLF001
@@ -45,7 +46,8 @@ def test_time_to_a_target_accuracy(result):
 
 def test_time_to_accuracy_stops_at_the_first_epoch_the_training_loop_reaches_it(tiny_config, mock_data_dir, tiny_run):
   """The same training as main.py's loop: its epochs' test accuracies decide where the clock stops."""
-  from mnist_flax import evaluation, input_pipeline, train_state
+  from mnist_flax.core import scoring, train_state
+  from mnist_flax.data import input_pipeline
 
   with open(f"{tiny_run}/metrics.jsonl") as f:
     accuracies = [json.loads(line)["test_accuracy"] for line in f]
@@ -53,7 +55,7 @@ def test_time_to_accuracy_stops_at_the_first_epoch_the_training_loop_reaches_it(
   tiny_config.data_dir = mock_data_dir
   data = input_pipeline.load_mnist(mock_data_dir)
   setup = benchmark._Setup(tiny_config, data)  # noqa: SLF001
-  evaluator = evaluation.Evaluator(
+  evaluator = scoring.Evaluator(
     data["test"], tiny_config.eval_batch_size, setup.mesh, train_state.eval_model(tiny_config).apply
   )
   cases = [(accuracies[0], True, 1, accuracies[0]), (max(accuracies) + 1e-3, False, 2, accuracies[1])]
@@ -73,7 +75,9 @@ def test_the_table_names_every_figure(result):
 def test_the_command_prints_the_table_and_writes_json(mock_data_dir, tmp_path):
   out = tmp_path / "bench.json"
   flags = [f"--config.{f[len('--config.') :]}" for f in tiny_flags(data_dir=mock_data_dir)]
-  result = run_module("mnist_flax.benchmark", "--config=configs/default.py", *flags, "--repeats=1", f"--json={out}")
+  result = run_module(
+    "mnist_flax.tools.benchmark", "--config=configs/default.py", *flags, "--repeats=1", f"--json={out}"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "images per second" in result.stdout
   assert json.loads(out.read_text())["steps_per_chunk"] == 3
@@ -90,4 +94,6 @@ def test_the_command_prints_the_table_and_writes_json(mock_data_dir, tmp_path):
   ids=["no config", "target above 1", "bad field", "no repeats"],
 )
 def test_bad_arguments_are_one_line(args, message):
-  assert_one_line_error(run_module("mnist_flax.benchmark", *args), "python -m mnist_flax.benchmark", message)
+  assert_one_line_error(
+    run_module("mnist_flax.tools.benchmark", *args), "python -m mnist_flax.tools.benchmark", message
+  )

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import UsageError, checkpoints, create_train_state, train_step
+from mnist_flax import UsageError, create_train_state, train_step
+from mnist_flax.run import checkpoints
 
 
 def test_save_and_restore_round_trip(config, tmp_path):

@@ -7,7 +7,7 @@ from tests.conftest import ROOT, assert_one_line_error, run_main, run_module
 
 PROGRAM = """
 import sys
-from mnist_flax import cli
+from mnist_flax.tools import cli
 from mnist_flax.errors import UsageError
 
 def main(argv):
@@ -72,7 +72,7 @@ CONFIG_FILES = {
 }
 
 
-@pytest.mark.parametrize("command", ["main.py", "mnist_flax.benchmark"])
+@pytest.mark.parametrize("command", ["main.py", "mnist_flax.tools.benchmark"])
 @pytest.mark.parametrize("case", list(CONFIG_FILES))
 def test_a_broken_config_file_is_one_line_naming_the_file(case, command, tmp_path):
   text, message = CONFIG_FILES[case]
@@ -83,7 +83,7 @@ def test_a_broken_config_file_is_one_line_naming_the_file(case, command, tmp_pat
     result = run_main(*args)
   else:
     result = run_module(command, *args[:1])
-  prog = "main.py" if command == "main.py" else "python -m mnist_flax.benchmark"
+  prog = "main.py" if command == "main.py" else "python -m mnist_flax.tools.benchmark"
   where = "" if case == "lacks fields" else f"{config}: "
   assert_one_line_error(result, prog, where + message)
   assert not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mnist_flax import compilation_cache
+from mnist_flax.run import compilation_cache
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from mnist_flax import input_pipeline, metric_writers, plots
+from mnist_flax.data import input_pipeline
+from mnist_flax.run import record_writers
+from mnist_flax.tools import plots
 from tests.conftest import EIGHT_DEVICES, ROOT, run_main, run_module, tensorboard_scalars
 
 CHECKPOINT_EVERY = 18  # Every chunk of 18 steps (468 = 26 x 18).
@@ -123,7 +125,7 @@ def test_eight_devices_match_one_and_their_checkpoint_resumes_on_one(reference, 
 
   # The 8-device checkpoint restores onto 1 device and evaluates to the record's numbers (resuming
   # training on another device count is in test_multiprocess.py).
-  result = run_module("mnist_flax.evaluate", f"--workdir={workdir}", "--json")
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={workdir}", "--json")
   assert result.returncode == 0, result.stderr[-3000:]
   evaluated = json.loads(result.stdout)
   assert evaluated["step"] == 468 and evaluated["test_count"] == 10_000
@@ -151,7 +153,7 @@ def test_split(real_data_dir):
 
 
 def test_evaluate_prints_the_records_numbers(reference):
-  result = run_module("mnist_flax.evaluate", f"--workdir={reference}", "--json")
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={reference}", "--json")
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads(result.stdout)
   (record,) = records(reference)
@@ -170,7 +172,7 @@ def test_predict_reads_a_kaggle_csv_an_array_and_scans(reference, test_split, tm
     writer = csv.writer(f)
     writer.writerow(["label", *(f"pixel{i}" for i in range(784))])
     writer.writerows(np.column_stack([labels, images.reshape(len(images), -1)]).tolist())
-  result = run_module("mnist_flax.predict", f"--workdir={reference}", "train.csv", cwd=str(tmp_path))
+  result = run_module("mnist_flax.tools.predict", f"--workdir={reference}", "train.csv", cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "submission.csv") as f:
     submission = list(csv.reader(f))
@@ -188,7 +190,7 @@ def test_predict_reads_a_kaggle_csv_an_array_and_scans(reference, test_split, tm
     names.append(str(tmp_path / f"scan{i:03d}.png"))
     user_scan(images[i], rng).save(names[-1])
   result = run_module(
-    "mnist_flax.predict", f"--workdir={reference}", "digits.npy", *names, "--output=out.csv", cwd=str(tmp_path)
+    "mnist_flax.tools.predict", f"--workdir={reference}", "digits.npy", *names, "--output=out.csv", cwd=str(tmp_path)
   )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "out.csv") as f:
@@ -202,9 +204,9 @@ def test_predict_reads_a_kaggle_csv_an_array_and_scans(reference, test_split, tm
 
 def test_the_run_leaves_plots_and_tensorboard_events_holding_its_records(reference):
   assert sorted(os.listdir(os.path.join(reference, "plots"))) == sorted(plots.FILES.values())
-  scalars = tensorboard_scalars(os.path.join(reference, metric_writers.TENSORBOARD_DIR))
+  scalars = tensorboard_scalars(os.path.join(reference, record_writers.TENSORBOARD_DIR))
   (record,) = records(reference)
-  for key, tag in metric_writers.RECORD_TAGS.items():
+  for key, tag in record_writers.RECORD_TAGS.items():
     assert scalars[tag] == [(record["step"], pytest.approx(record[key], rel=1e-6))], tag
   chunks = [step for step, _ in scalars["chunk/train_loss"]]
   assert chunks == list(range(CHECKPOINT_EVERY, 469, CHECKPOINT_EVERY))

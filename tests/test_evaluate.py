@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 
 from configs import default
-from mnist_flax import Predictor, evaluate, inference, train
-from mnist_flax.metric_writers import read_records
+from mnist_flax import Predictor, train
+from mnist_flax.run.record_writers import read_records
+from mnist_flax.tools import evaluate, trained_model
 from tests.conftest import TINY_OVERRIDES, assert_one_line_error, run_module
 
-PROG = "python -m mnist_flax.evaluate"
+PROG = "python -m mnist_flax.tools.evaluate"
 
 
 def test_json_equals_the_last_record_to_the_last_digit(tiny_run):
-  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_run}", "--json")
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={tiny_run}", "--json")
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads(result.stdout)
   last = read_records(tiny_run)[-1]
@@ -34,7 +35,7 @@ def test_json_equals_the_last_record_to_the_last_digit(tiny_run):
 
 def test_an_earlier_step_equals_its_record(tiny_run):
   first = read_records(tiny_run)[0]
-  checkpoint = inference.load_checkpoint(tiny_run, first["step"])
+  checkpoint = trained_model.load_checkpoint(tiny_run, first["step"])
   data = evaluate.load_test_split(checkpoint.config)
   result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
   assert (result["step"], result["test_loss"], result["test_accuracy"]) == (
@@ -54,7 +55,7 @@ def test_a_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(moc
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   last = read_records(workdir)[-1]
-  checkpoint = inference.load_checkpoint(workdir)
+  checkpoint = trained_model.load_checkpoint(workdir)
   assert set(checkpoint.state.batch_stats) == {"BatchNorm_0", "BatchNorm_1"}
   test = evaluate.load_test_split(checkpoint.config)["test"]
   result = evaluate.evaluate_checkpoint(checkpoint, test)
@@ -64,7 +65,7 @@ def test_a_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(moc
 
 
 def test_prints_readable_tables(tiny_run):
-  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_run}")
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={tiny_run}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "class   images   correct   accuracy" in result.stdout
   assert "true\\pred" in result.stdout
@@ -81,11 +82,11 @@ def test_prints_readable_tables(tiny_run):
 )
 def test_bad_arguments_are_one_line_errors(tiny_run, tmp_path, args, message):
   args = [a.format(run=tiny_run, missing=os.path.join(tmp_path, "missing")) for a in args]
-  assert_one_line_error(run_module("mnist_flax.evaluate", *args), PROG, message)
+  assert_one_line_error(run_module("mnist_flax.tools.evaluate", *args), PROG, message)
 
 
 def test_an_ensemble_reports_each_member_and_the_ensemble(tiny_ensemble_run):
-  result = run_module("mnist_flax.evaluate", f"--workdir={tiny_ensemble_run}", "--json")
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={tiny_ensemble_run}", "--json")
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads(result.stdout)
   last = read_records(tiny_ensemble_run)[-1]
@@ -93,5 +94,5 @@ def test_an_ensemble_reports_each_member_and_the_ensemble(tiny_ensemble_run):
   assert [(m["member"], m["test_accuracy"], m["test_loss"]) for m in got["members"]] == [
     (m["member"], m["test_accuracy"], m["test_loss"]) for m in last["members"]
   ]
-  tables = run_module("mnist_flax.evaluate", f"--workdir={tiny_ensemble_run}")
+  tables = run_module("mnist_flax.tools.evaluate", f"--workdir={tiny_ensemble_run}")
   assert "(the ensemble of 2 members)" in tables.stdout and "member 1: test loss" in tables.stdout

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from mnist_flax import files
+from mnist_flax.run import files
 
 
 def test_replaces_the_file_whole_with_ordinary_permissions(tmp_path):

@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from mnist_flax import input_pipeline
+from mnist_flax.data import input_pipeline
 from tests.conftest import MOCK_EXAMPLES, ROOT, mock_manual_dir
 
 
@@ -22,7 +22,7 @@ def test_mock_data_loads_as_uint8_arrays_and_is_cached(mock_data_dir):
 
 def test_cached_data_loads_without_tensorflow_or_tfds(mock_data_dir):
   code = (
-    "import sys; from mnist_flax import input_pipeline as ip; "
+    "import sys; from mnist_flax.data import input_pipeline as ip; "
     f"s = ip.load_mnist({mock_data_dir!r}); "
     "assert s['train']['image'].shape[1:] == (28, 28, 1); "
     "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
@@ -194,7 +194,7 @@ def test_a_failed_preparation_is_one_line_and_tensorflow_stays_in_the_child(tmp_
   for name in input_pipeline.MNIST_FILES:
     (manual / name).write_bytes(b"not mnist")
   code = (
-    "import sys; from mnist_flax import input_pipeline as ip\n"
+    "import sys; from mnist_flax.data import input_pipeline as ip\n"
     f"try: ip.load_mnist({str(tmp_path / 'tfds')!r}, {str(manual)!r})\n"
     "except ip.DataError as e: print('error:', e)\n"
     "print('tensorflow imported:', 'tensorflow' in sys.modules)\n"

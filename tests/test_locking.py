@@ -5,8 +5,8 @@ from unittest import mock
 
 import pytest
 
-from mnist_flax import locking
 from mnist_flax.errors import UsageError
+from mnist_flax.run import locking
 
 
 def _hold_then_wait(workdir, ready, done):

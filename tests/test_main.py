@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mnist_flax import input_pipeline
+from mnist_flax.data import input_pipeline
 from tests import conftest
 from tests.conftest import EIGHT_DEVICES, ROOT, run_main, tiny_flags
 

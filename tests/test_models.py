@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_flax import models
+from mnist_flax.core import models
 
 
 def count_params(params):

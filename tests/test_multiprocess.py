@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import inference, locking
+from mnist_flax.run import locking
+from mnist_flax.tools import trained_model
 from tests.conftest import EIGHT_DEVICES, ROOT, assert_one_line_error, run_main, tiny_flags
 
 EPOCHS = 6
@@ -101,7 +102,10 @@ def test_process_0_alone_writes_the_records(stopped):
 
 
 def test_the_first_chunk_gives_the_same_parameters_as_one_process(stopped, single):
-  several, one = inference.load_checkpoint(str(stopped[0]), step=3), inference.load_checkpoint(str(single), step=3)
+  several, one = (
+    trained_model.load_checkpoint(str(stopped[0]), step=3),
+    trained_model.load_checkpoint(str(single), step=3),
+  )
   for a, b in zip(jax.tree.leaves(several.state.params), jax.tree.leaves(one.state.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 

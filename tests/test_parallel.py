@@ -1,7 +1,7 @@
 import jax
 import numpy as np
 
-from mnist_flax import parallel
+from mnist_flax.run import parallel
 from tests.conftest import assert_script_runs_on_eight_devices
 
 
@@ -23,7 +23,8 @@ def test_put_replicated_copies_to_every_device():
 EIGHT_DEVICE_STEP = """
 import jax, jax.numpy as jnp, numpy as np
 from configs import default
-from mnist_flax import create_train_state, train_step, parallel
+from mnist_flax import create_train_state, train_step
+from mnist_flax.run import parallel
 assert jax.device_count() == 8, jax.devices()
 config = default.get_config(); config.model.dropout_rate = 0.2
 state = create_train_state(config, jax.random.PRNGKey(0))

@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 from matplotlib import image as mpimg  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
-from mnist_flax import plots  # noqa: E402
+from mnist_flax.tools import plots  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 N = 64
@@ -241,7 +241,7 @@ def test_mismatched_lengths_raise_in_every_function(data):
 
 def test_importing_plots_does_not_import_pyplot():
   result = subprocess.run(
-    [sys.executable, "-c", "import mnist_flax.plots, sys; print('matplotlib.pyplot' in sys.modules)"],
+    [sys.executable, "-c", "import mnist_flax.tools.plots, sys; print('matplotlib.pyplot' in sys.modules)"],
     cwd=ROOT,
     capture_output=True,
     text=True,

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_flax import Predictor, input_pipeline, user_inputs
-from mnist_flax.metric_writers import read_records
+from mnist_flax import Predictor
+from mnist_flax.data import input_pipeline
+from mnist_flax.run.record_writers import read_records
+from mnist_flax.tools import user_inputs
 from tests.conftest import assert_one_line_error, run_module
 
-PROG = "python -m mnist_flax.predict"
+PROG = "python -m mnist_flax.tools.predict"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_images_and_arrays_one_line_each_and_a_csv(tiny_run, test_split, tmp_pat
   png = scanned(test_split["image"][3, ..., 0], tmp_path / "scan.png")
   out = tmp_path / "out.csv"
   npy = str(tmp_path / "digits.npy")
-  result = run_module("mnist_flax.predict", f"--workdir={tiny_run}", npy, png, f"--output={out}")
+  result = run_module("mnist_flax.tools.predict", f"--workdir={tiny_run}", npy, png, f"--output={out}")
   assert result.returncode == 0, result.stderr[-3000:]
 
   names = [f"{npy}[{i}]" for i in range(3)] + [png]
@@ -72,7 +74,7 @@ def test_kaggle_csv_gives_a_submission(tiny_run, test_split, tmp_path, with_labe
   images, labels = test_split["image"][..., 0], test_split["label"]
   source = tmp_path / ("train.csv" if with_labels else "test.csv")
   write_kaggle_csv(source, images, labels if with_labels else None)
-  result = run_module("mnist_flax.predict", f"--workdir={tiny_run}", str(source), cwd=str(tmp_path))
+  result = run_module("mnist_flax.tools.predict", f"--workdir={tiny_run}", str(source), cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
 
   rows = read_csv(tmp_path / "submission.csv")
@@ -130,7 +132,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_files_alone(tiny_run, tmp_path
   out.write_text("an earlier result\n")
   before = sorted(os.listdir(tmp_path))
   good = (tmp_path / "good.npy").read_bytes()
-  result = run_module("mnist_flax.predict", f"--workdir={tiny_run}", f"--output={out}", *args, cwd=str(tmp_path))
+  result = run_module("mnist_flax.tools.predict", f"--workdir={tiny_run}", f"--output={out}", *args, cwd=str(tmp_path))
   assert_one_line_error(result, PROG, message)
   assert out.read_text() == "an earlier result\n"
   assert (tmp_path / "good.npy").read_bytes() == good

@@ -14,9 +14,9 @@ from mnist_flax import (
   create_train_state,
   ensemble_train_step,
   eval_step,
-  steps,
   train_step,
 )
+from mnist_flax.core import steps
 
 
 def make_batch(key, n=8):

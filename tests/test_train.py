@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import augment, metric_writers, parallel, train
+from mnist_flax import train
+from mnist_flax.data import augment
+from mnist_flax.run import parallel, record_writers
 from tests.conftest import MOCK_EXAMPLES, assert_script_runs_on_eight_devices, tensorboard_scalars
 
 
@@ -20,7 +22,7 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
 
 
 def test_every_accepted_seed_has_its_own_keys():
-  from mnist_flax.validation import MAX_SEED
+  from mnist_flax.run.config_checks import MAX_SEED
 
   keys = {tuple(np.asarray(k).ravel()) for s in (0, 1, 2**31, MAX_SEED) for k in train.run_keys(s)}
   assert len(keys) == 8
@@ -80,7 +82,9 @@ def test_each_member_trains_as_a_single_model_on_its_own_batches(tiny_config):
 OWN_BATCHES_ON_EIGHT_DEVICES = """
 import jax, jax.numpy as jnp, numpy as np
 from configs import default
-from mnist_flax import augment, parallel, train
+from mnist_flax import train
+from mnist_flax.data import augment
+from mnist_flax.run import parallel
 from tests.conftest import TINY_OVERRIDES
 assert jax.device_count() == 8, jax.devices()
 config = default.get_config()
@@ -128,7 +132,7 @@ def test_microbatches_default_to_slices_on_cpu_for_a_single_model(config):
 
 
 def read_records(workdir):
-  with open(os.path.join(workdir, metric_writers.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, record_writers.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -192,10 +196,10 @@ def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir
 
   assert without_times(read_records(resumed)) == without_times(read_records(reference))
   # TensorBoard: the same points, none repeated or out of order (times and speeds aside).
-  timeless = [metric_writers.RECORD_TAGS[k] for k in ("elapsed_s", "epoch_s", "eval_s")] + ["chunk/images_per_s"]
+  timeless = [record_writers.RECORD_TAGS[k] for k in ("elapsed_s", "epoch_s", "eval_s")] + ["chunk/images_per_s"]
 
   def scalars(workdir):
-    found = tensorboard_scalars(os.path.join(workdir, metric_writers.TENSORBOARD_DIR))
+    found = tensorboard_scalars(os.path.join(workdir, record_writers.TENSORBOARD_DIR))
     return {tag: points for tag, points in found.items() if tag not in timeless}
 
   expected = scalars(reference)
@@ -331,7 +335,7 @@ def test_a_finite_blow_up_stops_before_any_record_or_later_checkpoint(tiny_confi
   with pytest.raises(train.Diverged, match="lower config.learning_rate") as e:
     train.train_and_evaluate(tiny_config, str(workdir))
   step = int(str(e.value).split(" at step ")[1].split()[0])
-  assert not (workdir / metric_writers.METRICS_FILE).exists()
+  assert not (workdir / record_writers.METRICS_FILE).exists()
   saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
   assert all(s < step for s in saved)
 
@@ -351,7 +355,7 @@ def test_an_epoch_at_chance_stops_after_its_record_keeping_earlier_checkpoints(t
   with pytest.raises(train.Diverged, match="after epoch 1, no better than guessing") as e:
     train.train_and_evaluate(tiny_config, str(workdir))
   assert "config.stop_at_chance=False" in str(e.value)
-  records = metric_writers.read_records(str(workdir))
+  records = record_writers.read_records(str(workdir))
   assert [r["epoch"] for r in records] == [1] and records[0]["test_accuracy"] < train.CHANCE_ACCURACY
   spe = records[0]["step"]
   assert all(int(d) < spe for d in os.listdir(workdir / "checkpoints") if d.isdigit())
@@ -488,5 +492,5 @@ def test_each_record_holds_the_learning_rate_of_its_epochs_last_step(tiny_run):
   assert len(records) == config.num_epochs
   for record in records:
     assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)), rel=1e-6)
-  curve = tensorboard_scalars(os.path.join(tiny_run, metric_writers.TENSORBOARD_DIR))["train/learning_rate"]
+  curve = tensorboard_scalars(os.path.join(tiny_run, record_writers.TENSORBOARD_DIR))["train/learning_rate"]
   assert curve == [(r["step"], pytest.approx(r["learning_rate"], rel=1e-6)) for r in records]

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from mnist_flax import TrainState, create_train_state, train_step
-from mnist_flax.steps import ensemble_train_step
-from mnist_flax.train_state import (
+from mnist_flax.core.steps import ensemble_train_step
+from mnist_flax.core.train_state import (
   conv_impl,
   create_ensemble_state,
   create_optimizer,

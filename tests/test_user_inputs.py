@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_flax import UsageError, preprocess, user_inputs
-from mnist_flax.user_inputs import InputError
+from mnist_flax import UsageError
+from mnist_flax.tools import photos, user_inputs
+from mnist_flax.tools.user_inputs import InputError
 
 HEADER = ",".join(f"pixel{i}" for i in range(784))
 
@@ -90,7 +91,7 @@ def test_read_image_lays_out_a_digit(tmp_path):
   out = user_inputs.read_image(path)
   assert out.shape == (28, 28) and out.dtype == np.uint8
   assert out.max() == 255 and out[0, 0] == 0
-  np.testing.assert_array_equal(out, preprocess.to_mnist(np.asarray(digit_picture())))
+  np.testing.assert_array_equal(out, photos.to_mnist(np.asarray(digit_picture())))
 
 
 def test_read_image_jpeg_with_odd_suffix(tmp_path):
@@ -168,7 +169,7 @@ def test_read_image_reader_errors_become_one_line(tmp_path, monkeypatch, error, 
   def fail(_):
     raise error
 
-  monkeypatch.setattr(preprocess, "load_image", fail)
+  monkeypatch.setattr(photos, "load_image", fail)
   with pytest.raises(InputError) as excinfo:
     user_inputs.read_image(path)
   assert_input_error(excinfo, path, "not an image Pillow can read", *words)

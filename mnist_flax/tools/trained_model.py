@@ -8,9 +8,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import checkpoints, compilation_cache, models, parallel, steps, train, train_state, validation
+from mnist_flax import train
+from mnist_flax.core import models, steps, train_state
+from mnist_flax.core.train_state import TrainState, is_ensemble
 from mnist_flax.errors import UsageError
-from mnist_flax.train_state import TrainState, is_ensemble
+from mnist_flax.run import checkpoints, compilation_cache, config_checks, parallel
 
 PREDICT_BATCH_SIZE = 256
 
@@ -27,7 +29,7 @@ class Checkpoint:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with, from `<workdir>/config.json`."""
-  path = os.path.join(workdir, validation.CONFIG_FILE)
+  path = os.path.join(workdir, config_checks.CONFIG_FILE)
   if not workdir:
     raise UsageError("--workdir is empty; give the folder of a run")
   if not os.path.isdir(workdir):

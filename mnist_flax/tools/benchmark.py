@@ -1,4 +1,4 @@
-"""`python -m mnist_flax.benchmark --config=configs/default.py`: how fast a config trains on this machine.
+"""`python -m mnist_flax.tools.benchmark --config=configs/default.py`: how fast a config trains on this machine.
 
 Flags:
   --config: a config file, as for main.py (`--config.FIELD=VALUE` overrides too).
@@ -15,9 +15,9 @@ they achieve, and that as a fraction of this machine's float32 matmul peak, meas
 """
 
 if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
-  from mnist_flax import startup
+  from mnist_flax.tools import startup
 
-  startup.exit_on_interrupt("python -m mnist_flax.benchmark")
+  startup.exit_on_interrupt("python -m mnist_flax.tools.benchmark")
 
 import json
 import statistics
@@ -31,20 +31,14 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import (
-  cli,
-  compilation_cache,
-  evaluation,
-  files,
-  input_pipeline,
-  parallel,
-  train,
-  train_state,
-  validation,
-)
+from mnist_flax import train
+from mnist_flax.core import scoring, train_state
+from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError
+from mnist_flax.run import compilation_cache, config_checks, files, parallel
+from mnist_flax.tools import cli
 
-PROG = "python -m mnist_flax.benchmark"
+PROG = "python -m mnist_flax.tools.benchmark"
 PEAK_MATMUL_SIZE = 2048
 
 
@@ -133,7 +127,7 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     and `target_s` (training and evaluation until the test accuracy reaches it, compiled
     programs reused), or `target_reached` False after `config.num_epochs` epochs.
   """
-  validation.validate_config(config)
+  config_checks.validate_config(config)
   compilation_cache.use("")  # Compile times as a first run pays them, whatever the cache holds.
   data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
   setup = _Setup(config, data)
@@ -146,9 +140,7 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     return carry
 
   step_s = timed(one_chunk, repeats) / chunk
-  evaluator = evaluation.Evaluator(
-    data["test"], config.eval_batch_size, setup.mesh, train_state.eval_model(config).apply
-  )
+  evaluator = scoring.Evaluator(data["test"], config.eval_batch_size, setup.mesh, train_state.eval_model(config).apply)
   start = time.perf_counter()
   evaluator(carry[0])  # Compiles, then runs once.
   first_eval_s = time.perf_counter() - start
@@ -181,7 +173,7 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
   return result
 
 
-def time_to_accuracy(setup: _Setup, evaluator: evaluation.Evaluator, target: float) -> dict[str, Any]:
+def time_to_accuracy(setup: _Setup, evaluator: scoring.Evaluator, target: float) -> dict[str, Any]:
   """Trains from a fresh state, evaluating after each epoch, until the test accuracy reaches `target`."""
   spe, chunk, num_epochs = setup.steps_per_epoch, setup.chunk, setup.config.num_epochs
   state, sums = setup.fresh()

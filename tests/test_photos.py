@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_flax import preprocess
-from mnist_flax.preprocess import MNIST_CENTRE
+from mnist_flax.tools import photos
+from mnist_flax.tools.photos import MNIST_CENTRE
 
 # A "2" as one polyline in unit coordinates (x right, y down), its box about 0.8 wide and 1 tall.
 TWO = [(0.15, 0.25), (0.3, 0.08), (0.6, 0.03), (0.82, 0.2), (0.8, 0.42), (0.5, 0.68), (0.12, 0.97), (0.92, 0.97)]
@@ -39,14 +39,14 @@ def block(shape, top, left, h, w, ink, paper, dtype=np.uint8):
 
 def test_dark_on_light_is_inverted():
   x = block((40, 30), 10, 8, 12, 6, ink=0, paper=255)
-  out = preprocess.to_light_on_dark(x)
+  out = photos.to_light_on_dark(x)
   assert out.dtype == np.float32 and out.shape == (40, 30)
   np.testing.assert_array_equal(out, (x == 0).astype(np.float32))
 
 
 def test_light_on_dark_is_kept():
   x = block((40, 30), 10, 8, 12, 6, ink=200, paper=0)
-  out = preprocess.to_light_on_dark(x)
+  out = photos.to_light_on_dark(x)
   np.testing.assert_array_equal(out, (x == 200).astype(np.float32))
 
 
@@ -54,7 +54,7 @@ def test_light_on_dark_is_kept():
 def test_grey_paper_level_is_removed(ink, paper):
   dtype = np.float32 if isinstance(ink, float) else np.uint8
   x = block((50, 50), 20, 15, 10, 20, ink=ink, paper=paper, dtype=dtype)
-  out = preprocess.to_light_on_dark(x)
+  out = photos.to_light_on_dark(x)
   np.testing.assert_allclose(out, (x == x[25, 25]).astype(np.float32), atol=1e-6)
 
 
@@ -62,7 +62,7 @@ def test_output_is_in_unit_range_with_maximum_one():
   rng = np.random.default_rng(0)
   x = draw_two((120, 150), 100, (30, 20), 12, ink=30, paper=210).astype(np.float64)
   x = np.clip(x + rng.normal(0, 5, x.shape), 0, 255).astype(np.uint8)
-  out = preprocess.to_light_on_dark(x)
+  out = photos.to_light_on_dark(x)
   assert out.dtype == np.float32
   assert out.min() == 0.0 and out.max() == 1.0
   # The paper noise is removed with the paper level: nearly all paper pixels are exactly 0.
@@ -86,7 +86,7 @@ def test_output_is_in_unit_range_with_maximum_one():
 )
 def test_blank_image_raises(make):
   with pytest.raises(ValueError, match="^no digit found"):
-    preprocess.to_light_on_dark(make(np.random.default_rng(0)))
+    photos.to_light_on_dark(make(np.random.default_rng(0)))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_blank_image_raises(make):
 )
 def test_non_image_raises(x):
   with pytest.raises(ValueError, match="expected a non-empty 2-D grayscale image"):
-    preprocess.to_light_on_dark(x)
+    photos.to_light_on_dark(x)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -110,7 +110,7 @@ def test_non_finite_input_raises(bad):
   x = block((20, 20), 5, 5, 5, 5, ink=0.0, paper=1.0, dtype=np.float32)
   x[0, 0] = bad
   with pytest.raises(ValueError, match="NaN or infinite"):
-    preprocess.to_light_on_dark(x)
+    photos.to_light_on_dark(x)
 
 
 # crop_to_ink
@@ -120,7 +120,7 @@ def test_crop_to_bounding_box():
   x = np.zeros((30, 40), np.float32)
   x[5:10, 12:20] = 1.0
   x[7, 25] = 0.8  # widens the box to column 25
-  out = preprocess.crop_to_ink(x)
+  out = photos.crop_to_ink(x)
   assert out.shape == (5, 14)
   np.testing.assert_array_equal(out, x[5:10, 12:26])
 
@@ -130,7 +130,7 @@ def test_crop_ignores_faint_noise_but_keeps_grey_values_inside():
   x = rng.uniform(0, 0.29, (30, 40)).astype(np.float32)
   x[10:20, 5:15] = 1.0
   x[12, 8] = 0.1
-  out = preprocess.crop_to_ink(x)
+  out = photos.crop_to_ink(x)
   assert out.shape == (10, 10)
   assert out[2, 3] == np.float32(0.1)
 
@@ -139,14 +139,14 @@ def test_crop_threshold_sets_what_counts_as_ink():
   x = np.zeros((30, 30), np.float32)
   x[10:20, 10:20] = 1.0
   x[2, 2] = 0.4
-  assert preprocess.crop_to_ink(x).shape == (18, 18)
-  assert preprocess.crop_to_ink(x, threshold=0.5).shape == (10, 10)
+  assert photos.crop_to_ink(x).shape == (18, 18)
+  assert photos.crop_to_ink(x, threshold=0.5).shape == (10, 10)
 
 
 @pytest.mark.parametrize("x", [np.zeros((10, 10), np.float32), np.zeros((0, 0), np.float32)])
 def test_crop_without_ink_raises(x):
   with pytest.raises(ValueError, match="^no digit found"):
-    preprocess.crop_to_ink(x)
+    photos.crop_to_ink(x)
 
 
 # fit_in_box
@@ -158,14 +158,14 @@ def test_crop_without_ink_raises(x):
   ids=["tall", "wide", "square", "tiny", "one-pixel"],
 )
 def test_fit_longer_side_is_box_and_aspect_kept(shape, expected):
-  out = preprocess.fit_in_box(np.ones(shape, np.float32))
+  out = photos.fit_in_box(np.ones(shape, np.float32))
   assert out.dtype == np.float32
   assert out.shape == expected
 
 
 def test_fit_very_thin_keeps_at_least_one_pixel():
-  assert preprocess.fit_in_box(np.ones((200, 2), np.float32)).shape == (20, 1)
-  assert preprocess.fit_in_box(np.ones((3, 200), np.float32), size=10).shape == (1, 10)
+  assert photos.fit_in_box(np.ones((200, 2), np.float32)).shape == (20, 1)
+  assert photos.fit_in_box(np.ones((3, 200), np.float32), size=10).shape == (1, 10)
 
 
 def test_fit_values_stay_in_unit_range():
@@ -173,7 +173,7 @@ def test_fit_values_stay_in_unit_range():
   x = np.zeros((60, 45), np.float32)
   x[:, 20:25] = 1.0
   x[30:33, :] = 1.0
-  out = preprocess.fit_in_box(x)
+  out = photos.fit_in_box(x)
   assert out.shape == (20, 15)
   assert out.min() >= 0.0 and out.max() <= 1.0
   assert out.max() > 0.9 and out[0, 0] < 0.1
@@ -181,7 +181,7 @@ def test_fit_values_stay_in_unit_range():
 
 def test_fit_upscales_tiny_input():
   x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-  out = preprocess.fit_in_box(x)
+  out = photos.fit_in_box(x)
   assert out.shape == (20, 20)
   assert out[:8, :8].mean() > 0.8 and out[:8, -8:].mean() < 0.2
 
@@ -193,7 +193,7 @@ def test_fit_upscales_tiny_input():
 def test_centre_of_mass_lands_on_mnist_centre(shape):
   rng = np.random.default_rng(sum(shape))
   x = rng.uniform(0, 1, shape).astype(np.float32)
-  out = preprocess.centre_by_mass(x)
+  out = photos.centre_by_mass(x)
   assert out.shape == (28, 28) and out.dtype == np.float32
   row, col = centre_of_mass(out)
   assert abs(row - MNIST_CENTRE[0]) <= 0.5 + 1e-6 and abs(col - MNIST_CENTRE[1]) <= 0.5 + 1e-6
@@ -205,7 +205,7 @@ def test_off_centre_mass_is_recentred():
   x = np.zeros((14, 14), np.float32)
   x[8:14, 8:14] = 1.0
   x[0:2, 0:2] = 0.3
-  out = preprocess.centre_by_mass(x)
+  out = photos.centre_by_mass(x)
   row, col = centre_of_mass(out)
   assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
   # The box sits up and to the left of where centring its outline would put it (rows 7..20).
@@ -217,7 +217,7 @@ def test_off_centre_mass_is_recentred():
 def test_centre_by_mass_scales_target_with_canvas():
   x = np.zeros((20, 10), np.float32)
   x[3:15, 2:8] = 1.0
-  row, col = centre_of_mass(preprocess.centre_by_mass(x, size=56))
+  row, col = centre_of_mass(photos.centre_by_mass(x, size=56))
   assert abs(row - 28) <= 0.5 and abs(col - 28) <= 0.5
 
 
@@ -227,7 +227,7 @@ def test_digit_touching_edge_is_not_cut():
   x = np.zeros((20, 20), np.float32)
   x[:, 0:2] = 1.0
   x[10, 2:20] = 0.2
-  out = preprocess.centre_by_mass(x)
+  out = photos.centre_by_mass(x)
   np.testing.assert_allclose(out.sum(), x.sum(), rtol=1e-6)
   assert out[:, -1].max() > 0  # the thin stroke reaches the right edge, uncut
   # It is as close to the target as the canvas allows.
@@ -236,7 +236,7 @@ def test_digit_touching_edge_is_not_cut():
 
 def test_centre_by_mass_without_ink_raises():
   with pytest.raises(ValueError, match="^no digit found"):
-    preprocess.centre_by_mass(np.zeros((20, 20), np.float32))
+    photos.centre_by_mass(np.zeros((20, 20), np.float32))
 
 
 # to_mnist
@@ -265,7 +265,7 @@ def photo_of_two(seed: int = 0) -> np.ndarray:
 
 
 def test_to_mnist_shape_dtype_and_range():
-  out = preprocess.to_mnist(photo_of_two())
+  out = photos.to_mnist(photo_of_two())
   assert out.shape == (28, 28) and out.dtype == np.uint8
   assert out.max() == 255
   assert (out[0] == 0).all() and (out[-1] == 0).all() and (out[:, 0] == 0).all() and (out[:, -1] == 0).all()
@@ -275,7 +275,7 @@ def test_to_mnist_shape_dtype_and_range():
 
 
 def test_photo_of_digit_matches_direct_rendering():
-  out = preprocess.to_mnist(photo_of_two()).astype(np.float32) / 255
+  out = photos.to_mnist(photo_of_two()).astype(np.float32) / 255
   expected = reference_two()
   assert np.abs(out - expected).mean() < 0.03
   assert np.corrcoef(out.ravel(), expected.ravel())[0, 1] > 0.97
@@ -283,12 +283,12 @@ def test_photo_of_digit_matches_direct_rendering():
 
 def test_to_mnist_is_polarity_invariant():
   x = photo_of_two(seed=3)
-  np.testing.assert_array_equal(preprocess.to_mnist(255 - x), preprocess.to_mnist(x))
+  np.testing.assert_array_equal(photos.to_mnist(255 - x), photos.to_mnist(x))
 
 
 def test_to_mnist_blank_raises():
   with pytest.raises(ValueError, match="^no digit found"):
-    preprocess.to_mnist(np.full((100, 80), 240, np.uint8))
+    photos.to_mnist(np.full((100, 80), 240, np.uint8))
 
 
 # load_image
@@ -305,7 +305,7 @@ def gray():
 def test_load_grayscale_png(tmp_path, gray):
   path = str(tmp_path / "g.png")
   Image.fromarray(gray).save(path)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.dtype == np.uint8
   np.testing.assert_array_equal(out, gray)
 
@@ -315,7 +315,7 @@ def test_load_rgb_png(tmp_path, gray):
   rgb[1, 1] = (255, 0, 0)
   path = str(tmp_path / "c.png")
   Image.fromarray(rgb).save(path)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.shape == gray.shape and out.dtype == np.uint8
   expected = gray.copy()
   expected[1, 1] = 76  # ITU-R 601 luma of pure red
@@ -328,7 +328,7 @@ def test_load_rgba_lays_transparency_on_white(tmp_path):
   rgba[0, 0, 3] = 128  # half-transparent black
   path = str(tmp_path / "a.png")
   Image.fromarray(rgba, mode="RGBA").save(path)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.shape == (10, 12)
   assert (out[2:8, 3:6] == 0).all()
   assert out[0, 0] == pytest.approx(127, abs=1)
@@ -344,7 +344,7 @@ def test_load_grayscale_with_transparent_colour_lays_it_on_white(tmp_path):
   image = Image.fromarray(x)
   path = str(tmp_path / "t.png")
   image.save(path, transparency=0)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert (out[3:7, 3:7] == 100).all()
   assert out[0, 0] == 255 and out[9, 9] == 255
 
@@ -355,7 +355,7 @@ def test_load_16_bit_png(tmp_path):
   Image.fromarray(x).save(path)
   with Image.open(path) as image:
     assert image.mode == "I;16"
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.dtype == np.uint8
   np.testing.assert_array_equal(out, np.round(x / 65535 * 255).astype(np.uint8))
 
@@ -364,18 +364,18 @@ def test_load_float_tiff_in_unit_range(tmp_path):
   x = np.array([[0.0, 0.5, 1.0], [0.25, 0.1, 2.0]], np.float32)
   path = str(tmp_path / "f.tif")
   Image.fromarray(x).save(path)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   # Floats up to 255 are judged as 0..255.
   np.testing.assert_array_equal(out, np.round(np.clip(x / 255, 0, 1) * 255).astype(np.uint8))
   x = x.clip(0, 1)
   Image.fromarray(x).save(path)
-  np.testing.assert_array_equal(preprocess.load_image(path), np.round(x * 255).astype(np.uint8))
+  np.testing.assert_array_equal(photos.load_image(path), np.round(x * 255).astype(np.uint8))
 
 
 def test_load_jpeg(tmp_path, gray):
   path = str(tmp_path / "j.jpg")
   Image.fromarray(gray).save(path, quality=95)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.shape == gray.shape and out.dtype == np.uint8
   assert np.abs(out.astype(int) - gray).mean() < 4
   assert out[15, 10] < 40 and out[15, 2] > 200
@@ -393,7 +393,7 @@ def test_load_applies_exif_orientation(tmp_path, orientation, corner):
   exif[0x0112] = orientation
   path = str(tmp_path / f"o{orientation}.jpg")
   Image.fromarray(x).save(path, exif=exif, quality=95)
-  out = preprocess.load_image(path)
+  out = photos.load_image(path)
   assert out.shape == ((40, 24) if orientation in (6, 8) else (24, 40))
   r, c = corner
   rows = slice(0, 8) if r == 0 else slice(-8, None)
@@ -404,11 +404,11 @@ def test_load_applies_exif_orientation(tmp_path, orientation, corner):
 
 def test_load_missing_file_raises_oserror(tmp_path):
   with pytest.raises(OSError):
-    preprocess.load_image(str(tmp_path / "missing.png"))
+    photos.load_image(str(tmp_path / "missing.png"))
 
 
 def test_load_non_image_raises_oserror(tmp_path):
   path = tmp_path / "text.png"
   path.write_text("not an image\n")
   with pytest.raises(OSError):
-    preprocess.load_image(str(path))
+    photos.load_image(str(path))

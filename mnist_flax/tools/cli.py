@@ -10,8 +10,8 @@ from typing import NoReturn
 import ml_collections
 from absl import app, flags, logging
 
-from mnist_flax import startup
 from mnist_flax.errors import UsageError, config_field_error
+from mnist_flax.tools import startup
 
 
 def one_line(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""`python -m mnist_flax.report --workdir=W`: (re)writes a run's plots in `<workdir>/plots/`.
+"""`python -m mnist_flax.tools.report --workdir=W`: (re)writes a run's plots in `<workdir>/plots/`.
 
 Flags:
   --workdir: a run folder written by main.py (required).
@@ -10,17 +10,18 @@ and mistakes.png; the training loop writes the same files when a run ends.
 """
 
 if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
-  from mnist_flax import startup
+  from mnist_flax.tools import startup
 
-  startup.exit_on_interrupt("python -m mnist_flax.report")
+  startup.exit_on_interrupt("python -m mnist_flax.tools.report")
 
 
 from absl import flags
 
-from mnist_flax import cli, evaluate, inference, train
+from mnist_flax import train
 from mnist_flax.errors import UsageError
+from mnist_flax.tools import cli, evaluate, trained_model
 
-PROG = "python -m mnist_flax.report"
+PROG = "python -m mnist_flax.tools.report"
 
 
 def main(argv: list[str]) -> None:
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  checkpoint = inference.load_checkpoint(f.workdir, f.step)
+  checkpoint = trained_model.load_checkpoint(f.workdir, f.step)
   data = evaluate.load_test_split(checkpoint.config, f.data_dir, f.manual_dir)
   result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
   try:

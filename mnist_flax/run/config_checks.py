@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mnist_flax import checkpoints, input_pipeline, locking, metric_writers, models, train_state
+from mnist_flax.core import models, train_state
+from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError, config_field_error
+from mnist_flax.run import checkpoints, locking, record_writers
 
 # Fields that may change between runs in one workdir without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
@@ -256,8 +258,8 @@ def saved_config(workdir: str) -> dict | None:
 
 
 # What a workdir holds: folders and files. Anything of the other kind in their place is refused.
-WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, metric_writers.TENSORBOARD_DIR, "plots")  # train.PLOTS_DIR
-WORKDIR_FILES = (CONFIG_FILE, metric_writers.METRICS_FILE, locking.LOCK_FILE)
+WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, record_writers.TENSORBOARD_DIR, "plots")  # train.PLOTS_DIR
+WORKDIR_FILES = (CONFIG_FILE, record_writers.METRICS_FILE, locking.LOCK_FILE)
 
 
 def _by_effect(config: dict) -> dict:

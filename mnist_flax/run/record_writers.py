@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mnist_flax import files
+from mnist_flax.run import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -6,8 +6,8 @@ import re
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from mnist_flax import preprocess
 from mnist_flax.errors import UsageError
+from mnist_flax.tools import photos
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -50,7 +50,7 @@ def _check_file(path: str) -> None:
 def read_image(path: str) -> np.ndarray:
   """Reads a picture of one digit and lays it out like an MNIST digit.
 
-  Anything Pillow opens is accepted; see `preprocess.to_mnist` for the layout.
+  Anything Pillow opens is accepted; see `photos.to_mnist` for the layout.
 
   Args:
     path: The image file.
@@ -63,7 +63,7 @@ def read_image(path: str) -> np.ndarray:
   """
   _check_file(path)
   try:
-    gray = preprocess.load_image(path)
+    gray = photos.load_image(path)
   except MemoryError:
     raise
   except UnidentifiedImageError as e:
@@ -71,7 +71,7 @@ def read_image(path: str) -> np.ndarray:
   except Exception as e:  # Pillow reports damaged files with many exception types.
     raise InputError(f"{path}: not an image Pillow can read ({_one_line(e)})") from e
   try:
-    return preprocess.to_mnist(gray)
+    return photos.to_mnist(gray)
   except ValueError as e:
     raise InputError(f"{path}: {_one_line(e)}") from e
 

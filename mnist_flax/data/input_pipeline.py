@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mnist_flax import files, locking
 from mnist_flax.errors import UsageError
+from mnist_flax.run import files, locking
 
 MNIST_FILES = (
   "train-images-idx3-ubyte.gz",

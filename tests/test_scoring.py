@@ -2,13 +2,15 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import create_train_state, eval_step, evaluation, models, parallel
-from mnist_flax.train_state import create_ensemble_state
+from mnist_flax import create_train_state, eval_step
+from mnist_flax.core import models, scoring
+from mnist_flax.core.train_state import create_ensemble_state
+from mnist_flax.run import parallel
 
 
 def test_batched_with_mask_pads_the_remainder():
   split = {"image": np.ones((10, 28, 28, 1), np.uint8), "label": np.arange(10, dtype=np.int32)}
-  images, labels, mask = evaluation.batched_with_mask(split, 4)
+  images, labels, mask = scoring.batched_with_mask(split, 4)
   assert images.shape == (3, 4, 28, 28, 1) and labels.shape == (3, 4)
   assert mask.sum() == 10 and not mask[2, 2:].any()
   np.testing.assert_array_equal(labels.reshape(-1)[:10], np.arange(10))
@@ -17,18 +19,18 @@ def test_batched_with_mask_pads_the_remainder():
 def test_confusion_matrix_and_per_class_accuracy():
   labels = np.array([0, 0, 1, 1, 1, 2])
   predictions = np.array([0, 1, 1, 1, 2, 2])
-  confusion = evaluation.confusion_matrix(labels, predictions, num_classes=4)
+  confusion = scoring.confusion_matrix(labels, predictions, num_classes=4)
   expected = np.zeros((4, 4), int)
   expected[0, 0] = expected[0, 1] = expected[2, 2] = 1
   expected[1, 1], expected[1, 2] = 2, 1
   np.testing.assert_array_equal(confusion, expected)
-  acc = evaluation.per_class_accuracy(confusion)
+  acc = scoring.per_class_accuracy(confusion)
   np.testing.assert_allclose(acc[:3], [0.5, 2 / 3, 1.0])
   assert np.isnan(acc[3])
   with pytest.raises(ValueError, match="labels must be in"):
-    evaluation.confusion_matrix(np.array([0, 10]), np.array([0, 1]))
+    scoring.confusion_matrix(np.array([0, 10]), np.array([0, 1]))
   with pytest.raises(ValueError, match="inconsistent lengths"):
-    evaluation.confusion_matrix(labels[:-1], predictions)
+    scoring.confusion_matrix(labels[:-1], predictions)
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_evaluator_agrees_with_eval_step_and_counts_every_image_once(small_state
     "label": rng.integers(0, 10, 50).astype(np.int32),
   }
   mesh = parallel.create_mesh()
-  result = evaluation.Evaluator(split, 16, mesh)(small_state)  # 4 batches, the last one padded.
+  result = scoring.Evaluator(split, 16, mesh)(small_state)  # 4 batches, the last one padded.
   direct = eval_step(small_state, {"image": split["image"] / np.float32(255), "label": split["label"]})
   assert result["count"] == 50
   assert result["loss"] == pytest.approx(float(direct["loss"]), rel=1e-5)
@@ -66,7 +68,7 @@ def test_an_ensemble_is_the_mean_of_its_members_probabilities(config):
     "image": rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
     "label": rng.integers(0, 10, 30).astype(np.int32),
   }
-  result = evaluation.Evaluator(split, 16, parallel.create_mesh())(state)
+  result = scoring.Evaluator(split, 16, parallel.create_mesh())(state)
   member_probabilities = []
   for i, member in enumerate(result["members"]):
     alone = jax.tree.map(lambda x, i=i: x[i], state)
@@ -96,8 +98,8 @@ def test_an_apply_fn_replaces_the_states_own(config):
     calls.append(images.shape)
     return models.create_model(config.model, "xla").apply(variables, images, train=train)
 
-  own = evaluation.Evaluator(split, 16, mesh)(state)
-  other = evaluation.Evaluator(split, 16, mesh, xla_apply)(state)
+  own = scoring.Evaluator(split, 16, mesh)(state)
+  other = scoring.Evaluator(split, 16, mesh, xla_apply)(state)
   assert calls  # Traced with the given function, not the state's.
   np.testing.assert_allclose(other["probabilities"], own["probabilities"], rtol=1e-4, atol=1e-6)
   assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)

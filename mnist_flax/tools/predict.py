@@ -1,8 +1,8 @@
-"""`python -m mnist_flax.predict --workdir=W INPUT...`: read digits from images, arrays or a Kaggle CSV.
+"""`python -m mnist_flax.tools.predict --workdir=W INPUT...`: read digits from images, arrays or a Kaggle CSV.
 
 Inputs:
   - image files (PNG, JPEG, anything Pillow opens), any size, either polarity:
-    made into MNIST-style 28x28 images first (see `mnist_flax.preprocess`);
+    made into MNIST-style 28x28 images first (see `mnist_flax.tools.photos`);
   - `.npy` arrays [N, 28, 28] or [N, 28, 28, 1], uint8 or float in [0, 1];
   - one Kaggle digit-recognizer CSV (`test.csv`, or `train.csv` with labels):
     writes a submission `ImageId,Label` to --output (default submission.csv) and,
@@ -18,9 +18,9 @@ written whole or not at all.
 """
 
 if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
-  from mnist_flax import startup
+  from mnist_flax.tools import startup
 
-  startup.exit_on_interrupt("python -m mnist_flax.predict")
+  startup.exit_on_interrupt("python -m mnist_flax.tools.predict")
 
 
 import csv
@@ -31,10 +31,11 @@ import sys
 import numpy as np
 from absl import flags
 
-from mnist_flax import cli, files, inference, user_inputs
 from mnist_flax.errors import UsageError
+from mnist_flax.run import files
+from mnist_flax.tools import cli, trained_model, user_inputs
 
-PROG = "python -m mnist_flax.predict"
+PROG = "python -m mnist_flax.tools.predict"
 SUBMISSION_FILE = "submission.csv"
 
 
@@ -70,7 +71,7 @@ def csv_text(header: list[str], rows: list[list]) -> str:
   return out.getvalue()
 
 
-def predict_kaggle(predictor: inference.Predictor, images: np.ndarray, labels: np.ndarray | None) -> dict:
+def predict_kaggle(predictor: trained_model.Predictor, images: np.ndarray, labels: np.ndarray | None) -> dict:
   """Predicts a Kaggle CSV's images; returns the submission text and, with labels, the accuracy."""
   predictions = predictor(images).argmax(axis=1)
   rows = [[i + 1, int(p)] for i, p in enumerate(predictions)]
@@ -80,7 +81,7 @@ def predict_kaggle(predictor: inference.Predictor, images: np.ndarray, labels: n
   return result
 
 
-def predict_inputs(predictor: inference.Predictor, named: list[tuple[str, np.ndarray]]) -> list[list]:
+def predict_inputs(predictor: trained_model.Predictor, named: list[tuple[str, np.ndarray]]) -> list[list]:
   """`[name, predicted digit, probability]` for each named image."""
   probabilities = predictor(np.stack([image for _, image in named]))
   return [[name, int(p.argmax()), float(p.max())] for (name, _), p in zip(named, probabilities, strict=True)]
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> None:
     output = f.output or SUBMISSION_FILE
     check_output(output, inputs)
     images, labels = user_inputs.read_kaggle_csv(csvs[0])
-    result = predict_kaggle(inference.Predictor.from_workdir(f.workdir, f.step), images, labels)
+    result = predict_kaggle(trained_model.Predictor.from_workdir(f.workdir, f.step), images, labels)
     write_text_atomically(output, result["submission"])
     message = f"wrote {result['count']:,} predictions to {output}"
     if "accuracy" in result:
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> None:
   if f.output:
     check_output(f.output, inputs)
   named = user_inputs.read_inputs(inputs)
-  rows = predict_inputs(inference.Predictor.from_workdir(f.workdir, f.step), named)
+  rows = predict_inputs(trained_model.Predictor.from_workdir(f.workdir, f.step), named)
   if f.output:
     write_text_atomically(f.output, csv_text(["input", "label", "probability"], rows))
   width = max(len(name) for name, _, _ in rows)

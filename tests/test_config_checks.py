@@ -3,14 +3,14 @@ import json
 
 import pytest
 
-from mnist_flax import validation
-from mnist_flax.validation import ConfigError
+from mnist_flax.run import config_checks
+from mnist_flax.run.config_checks import ConfigError
 
 
 @pytest.mark.parametrize("name", ["default", "keras_seed", "fast", "best"])
 def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
   module = importlib.import_module(f"configs.{name}")
-  validation.validate_config(module.get_config())
+  config_checks.validate_config(module.get_config())
   assert f"python main.py --config=configs/{name}.py" in module.__doc__ and "Measured" in module.__doc__
 
 
@@ -62,7 +62,7 @@ def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
 def test_bad_values_are_refused_in_one_line(config, field, value, message):
   config[field] = value
   with pytest.raises(ConfigError, match=message) as e:
-    validation.validate_config(config)
+    config_checks.validate_config(config)
   assert "\n" not in str(e.value)
 
 
@@ -82,7 +82,7 @@ def test_bad_values_are_refused_in_one_line(config, field, value, message):
 def test_bad_model_configs_are_refused(config, field, value, message):
   config.model[field] = value
   with pytest.raises(ConfigError, match=message) as e:
-    validation.validate_config(config)
+    config_checks.validate_config(config)
   assert "\n" not in str(e.value)
 
 
@@ -90,56 +90,56 @@ def test_batch_norm_must_be_a_bool(config):
   del config.model["batch_norm"]
   config.model.batch_norm = "yes"
   with pytest.raises(ConfigError, match="config.model.batch_norm must be True or False, got 'yes'"):
-    validation.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_batch_size_must_divide_across_devices(config):
   config.batch_size = 100
   with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
-    validation.validate_config(config, device_count=8)
+    config_checks.validate_config(config, device_count=8)
   config.batch_size = 128
-  validation.validate_config(config, device_count=8)
+  config_checks.validate_config(config, device_count=8)
   config.eval_batch_size = 1001
   with pytest.raises(ConfigError, match="eval_batch_size 1001 is not divisible"):
-    validation.validate_config(config, device_count=8)
+    config_checks.validate_config(config, device_count=8)
 
 
 def test_manual_dir_must_hold_the_four_files(config, tmp_path):
   config.data_dir = str(tmp_path / "tfds")
   config.manual_dir = str(tmp_path / "absent")
   with pytest.raises(ConfigError, match="is not a folder"):
-    validation.validate_config(config)
+    config_checks.validate_config(config)
   config.manual_dir = str(tmp_path)
   with pytest.raises(ConfigError, match="MNIST_MANUAL_DIR"):
-    validation.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_a_stale_manual_dir_does_not_block_prepared_data(config, mock_data_dir, tmp_path):
   config.manual_dir = str(tmp_path / "long gone")
   config.data_dir = str(tmp_path / "not prepared")
   with pytest.raises(ConfigError, match="long gone is not a folder"):
-    validation.validate_config(config)
+    config_checks.validate_config(config)
   config.data_dir = mock_data_dir  # Prepared: the manual dir is no longer read.
-  assert validation.validate_config(config) is None
+  assert config_checks.validate_config(config) is None
 
 
 def test_workdir_checks(config, tmp_path):
-  validation.check_workdir(config, str(tmp_path / "new"))
+  config_checks.check_workdir(config, str(tmp_path / "new"))
   afile = tmp_path / "afile"
   afile.write_text("x")
   with pytest.raises(ConfigError, match="is not a folder"):
-    validation.check_workdir(config, str(afile))
-  (tmp_path / validation.CONFIG_FILE).write_text(config.to_json())
-  validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(afile))
+  (tmp_path / config_checks.CONFIG_FILE).write_text(config.to_json())
+  config_checks.check_workdir(config, str(tmp_path))
   config.num_epochs = 50  # Resumable: a run may be extended.
   config.conv_impl = "patches"  # Resumable: the same parameters, computed another way.
   config.eval_batch_size = 500  # Resumable: the same test images, batched another way.
-  validation.check_workdir(config, str(tmp_path))
+  config_checks.check_workdir(config, str(tmp_path))
   config.batch_size = 64
   config.model.features = (8,)
   with pytest.raises(ConfigError, match=r"different config \(batch_size, model\)"):
-    validation.check_workdir(config, str(tmp_path))
-  saved = json.loads((tmp_path / validation.CONFIG_FILE).read_text())
+    config_checks.check_workdir(config, str(tmp_path))
+  saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
   assert saved["batch_size"] == 128
 
 
@@ -148,49 +148,49 @@ def test_workdir_checks(config, tmp_path):
   [("[1, 2]", "is not a run config"), ("{cut", "cannot read"), (b"\xff\xfe{}", "cannot read")],
 )
 def test_a_damaged_config_json_is_one_line(config, tmp_path, content, message):
-  path = tmp_path / validation.CONFIG_FILE
+  path = tmp_path / config_checks.CONFIG_FILE
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
   with pytest.raises(ConfigError, match=message) as e:
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", [*validation.WORKDIR_FOLDERS, *validation.WORKDIR_FILES])
+@pytest.mark.parametrize("name", [*config_checks.WORKDIR_FOLDERS, *config_checks.WORKDIR_FILES])
 def test_files_and_folders_swapped_in_a_workdir_are_refused(config, tmp_path, name):
   from mnist_flax import train
 
-  assert train.PLOTS_DIR in validation.WORKDIR_FOLDERS
-  if name in validation.WORKDIR_FOLDERS:
+  assert train.PLOTS_DIR in config_checks.WORKDIR_FOLDERS
+  if name in config_checks.WORKDIR_FOLDERS:
     (tmp_path / name).write_text("x")
     message = "should be a folder but is a file"
   else:
     (tmp_path / name).mkdir()
     message = "should be a file but is a folder"
   with pytest.raises(ConfigError, match=message):
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
 
 
 def test_a_data_dir_that_is_a_file_is_refused(config, tmp_path):
   (tmp_path / "file").write_text("x")
   config.data_dir = str(tmp_path / "file")
   with pytest.raises(ConfigError, match="config.data_dir .* is not a folder"):
-    validation.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_a_run_from_before_the_added_fields_resumes(config, tmp_path):
   saved = json.loads(config.to_json())
-  for name in validation.ADDED_FIELDS:
+  for name in config_checks.ADDED_FIELDS:
     del saved[name]
-  for name in validation.ADDED_MODEL_FIELDS:
+  for name in config_checks.ADDED_MODEL_FIELDS:
     del saved["model"][name]
-  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
-  validation.check_workdir(config, str(tmp_path))
+  (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+  config_checks.check_workdir(config, str(tmp_path))
   config.ensemble_size, config.augment_max_rotation = 2, 10.0
   with pytest.raises(ConfigError, match=r"different config \(augment_max_rotation, ensemble_size\)"):
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
   config.ensemble_size, config.augment_max_rotation, config.model.batch_norm = 1, 0.0, True
   with pytest.raises(ConfigError, match=r"different config \(model\)"):
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
 
 
 def test_member_batches_compare_by_what_they_do(config, tmp_path):
@@ -198,14 +198,14 @@ def test_member_batches_compare_by_what_they_do(config, tmp_path):
   config.ensemble_size = 2
   saved = json.loads(config.to_json())
   del saved["member_batches"]
-  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
-  validation.check_workdir(config, str(tmp_path))
+  (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+  config_checks.check_workdir(config, str(tmp_path))
   config.member_batches = "own"
   with pytest.raises(ConfigError, match=r"different config \(member_batches\)"):
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
   config.ensemble_size = 1  # One model: nothing to share; only the size differs.
   with pytest.raises(ConfigError, match=r"different config \(ensemble_size\)"):
-    validation.check_workdir(config, str(tmp_path))
+    config_checks.check_workdir(config, str(tmp_path))
   saved["ensemble_size"] = 1
-  (tmp_path / validation.CONFIG_FILE).write_text(json.dumps(saved))
-  validation.check_workdir(config, str(tmp_path))
+  (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+  config_checks.check_workdir(config, str(tmp_path))

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import Predictor, UsageError, inference
-from mnist_flax.metric_writers import read_records
+from mnist_flax import Predictor, UsageError
+from mnist_flax.run.record_writers import read_records
+from mnist_flax.tools import trained_model
 
 
 def test_predictor_compiles_once_for_any_batch_size(tiny_run):
@@ -44,13 +45,13 @@ def test_input_layouts_and_types_agree(tiny_run):
 )
 def test_bad_images_are_refused(images, message):
   with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
-    inference.as_model_input(images)
+    trained_model.as_model_input(images)
 
 
 def test_latest_or_given_step(tiny_run):
   steps = sorted(int(d) for d in os.listdir(os.path.join(tiny_run, "checkpoints")) if d.isdigit())
-  assert inference.load_checkpoint(tiny_run).step == steps[-1]
-  assert inference.load_checkpoint(tiny_run, steps[0]).step == steps[0]
+  assert trained_model.load_checkpoint(tiny_run).step == steps[-1]
+  assert trained_model.load_checkpoint(tiny_run, steps[0]).step == steps[0]
   assert read_records(tiny_run)[-1]["step"] == steps[-1]
 
 
@@ -71,19 +72,19 @@ def test_unusable_workdirs_are_one_line_errors(tiny_run, tmp_path):
   }
   for workdir, message in cases.items():
     with pytest.raises(UsageError, match=message):
-      inference.load_checkpoint(workdir)
+      trained_model.load_checkpoint(workdir)
   (tmp_path / "config.json").write_text("[1, 2]")
   with pytest.raises(UsageError, match="not a run config"):
-    inference.load_checkpoint(str(tmp_path))
+    trained_model.load_checkpoint(str(tmp_path))
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(UsageError, match="cannot read"):
-    inference.load_checkpoint(str(tmp_path))
+    trained_model.load_checkpoint(str(tmp_path))
   with open(os.path.join(tiny_run, "config.json")) as f:
     (tmp_path / "config.json").write_text(f.read())
   with pytest.raises(UsageError, match="no checkpoint"):
-    inference.load_checkpoint(str(tmp_path))
+    trained_model.load_checkpoint(str(tmp_path))
   with pytest.raises(UsageError, match="no checkpoint at step 7 .* there are"):
-    inference.load_checkpoint(tiny_run, 7)
+    trained_model.load_checkpoint(tiny_run, 7)
 
 
 def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
@@ -95,9 +96,9 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
   config["model"]["dense_features"] = [64]
   (other / "config.json").write_text(json.dumps(config))
   with pytest.raises(UsageError, match="none of the .* checkpoints .* can be restored"):
-    inference.load_checkpoint(str(other))
+    trained_model.load_checkpoint(str(other))
   with pytest.raises(UsageError, match="cannot restore the checkpoint"):
-    inference.load_checkpoint(str(other), inference.load_checkpoint(tiny_run).step)
+    trained_model.load_checkpoint(str(other), trained_model.load_checkpoint(tiny_run).step)
 
 
 def test_an_ensemble_predicts_the_mean_of_its_members(tiny_ensemble_run, mock_data_dir):

@@ -17,7 +17,8 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from mnist_flax import evaluation, files
+from mnist_flax.core import scoring
+from mnist_flax.run import files
 
 DPI = 110
 NUM_CLASSES = 10
@@ -534,7 +535,7 @@ def write_all(
   test_images, test_labels, test_probabilities = _predictions(test_images, test_labels, test_probabilities)
   _ordered_records(records)
   num_classes = test_probabilities.shape[1]
-  matrix = evaluation.confusion_matrix(test_labels, test_probabilities.argmax(axis=1), num_classes)
+  matrix = scoring.confusion_matrix(test_labels, test_probabilities.argmax(axis=1), num_classes)
 
   os.makedirs(plots_dir, exist_ok=True)
   figures = {

@@ -6,9 +6,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from mnist_flax import input_pipeline, parallel, steps
-from mnist_flax.models import NUM_CLASSES
-from mnist_flax.train_state import TrainState, is_ensemble
+from mnist_flax.core import steps
+from mnist_flax.core.models import NUM_CLASSES
+from mnist_flax.core.train_state import TrainState, is_ensemble
+from mnist_flax.data import input_pipeline
+from mnist_flax.run import parallel
 
 
 def batched_with_mask(split: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:

@@ -1,4 +1,4 @@
-"""`python -m mnist_flax.evaluate --workdir=W`: a checkpoint's loss, accuracy and confusion on the 10,000 test images.
+"""`python -m mnist_flax.tools.evaluate --workdir=W`: a checkpoint's loss, accuracy and confusion on the test set.
 
 Flags:
   --workdir: a run folder written by main.py (required).
@@ -12,9 +12,9 @@ batches, as the training loop's evaluation: on the same devices they equal the
 """
 
 if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is one line too.
-  from mnist_flax import startup
+  from mnist_flax.tools import startup
 
-  startup.exit_on_interrupt("python -m mnist_flax.evaluate")
+  startup.exit_on_interrupt("python -m mnist_flax.tools.evaluate")
 
 
 import json
@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from mnist_flax import cli, evaluation, inference, input_pipeline, train_state
+from mnist_flax.core import scoring, train_state
+from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError
+from mnist_flax.tools import cli, trained_model
 
-PROG = "python -m mnist_flax.evaluate"
+PROG = "python -m mnist_flax.tools.evaluate"
 
 
 def load_test_split(config, data_dir: str | None = None, manual_dir: str | None = None) -> input_pipeline.Splits:
@@ -34,7 +36,7 @@ def load_test_split(config, data_dir: str | None = None, manual_dir: str | None 
   return input_pipeline.load_mnist(data_dir or config.data_dir or None, manual_dir or config.manual_dir or None)
 
 
-def evaluate_checkpoint(checkpoint: inference.Checkpoint, test: dict[str, np.ndarray]) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: trained_model.Checkpoint, test: dict[str, np.ndarray]) -> dict[str, Any]:
   """Evaluates a restored checkpoint on a split, as the training loop does.
 
   Returns:
@@ -47,14 +49,14 @@ def evaluate_checkpoint(checkpoint: inference.Checkpoint, test: dict[str, np.nda
   if batch_size % checkpoint.mesh.size:
     raise UsageError(f"the run's eval_batch_size {batch_size} is not divisible by the {checkpoint.mesh.size} devices")
   apply_fn = train_state.eval_model(checkpoint.config).apply
-  result = evaluation.Evaluator(test, batch_size, checkpoint.mesh, apply_fn)(checkpoint.state)
-  confusion = evaluation.confusion_matrix(test["label"], result["probabilities"].argmax(axis=1))
+  result = scoring.Evaluator(test, batch_size, checkpoint.mesh, apply_fn)(checkpoint.state)
+  confusion = scoring.confusion_matrix(test["label"], result["probabilities"].argmax(axis=1))
   evaluated = {
     "step": checkpoint.step,
     "test_loss": result["loss"],
     "test_accuracy": result["accuracy"],
     "test_count": int(result["count"]),
-    "per_class_accuracy": [float(a) for a in evaluation.per_class_accuracy(confusion)],
+    "per_class_accuracy": [float(a) for a in scoring.per_class_accuracy(confusion)],
     "confusion_matrix": confusion.tolist(),
     "probabilities": result["probabilities"],
   }
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  checkpoint = inference.load_checkpoint(f.workdir, f.step)
+  checkpoint = trained_model.load_checkpoint(f.workdir, f.step)
   data = load_test_split(checkpoint.config, f.data_dir, f.manual_dir)
   result = evaluate_checkpoint(checkpoint, data["test"])
   del result["probabilities"]

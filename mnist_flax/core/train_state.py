@@ -9,7 +9,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from mnist_flax import input_pipeline, models
+from mnist_flax.core import models
+from mnist_flax.data import input_pipeline
 
 
 class TrainState(train_state.TrainState):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_flax.train_state import TrainState
+from mnist_flax.core.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

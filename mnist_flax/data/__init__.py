@@ -1,0 +1,1 @@
+"""MNIST as arrays (tfds, prepared once) and the on-device augmentation of training batches."""

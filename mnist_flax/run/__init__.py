@@ -1,0 +1,1 @@
+"""What a run needs besides the maths: sharding, checkpoints, locks, atomic files, records, config checks."""
