@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 from mnist_flax import train
 from mnist_flax.errors import UsageError
-from mnist_flax.run import checkpoints
+from mnist_flax.run import checkpoints, stopping
 from mnist_flax.tools import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,10 +120,10 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or default_workdir()
   try:
     train.train_and_evaluate(config, workdir)
-  except train.Interrupted as e:  # A requested stop, not an error: the shell's code for the signal.
+  except stopping.Interrupted as e:  # A requested stop, not an error: the shell's code for the signal.
     print(f"{PROG}: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
-  except train.Diverged as e:
+  except stopping.Diverged as e:
     raise UsageError(str(e)) from e
   except checkpoints.WriteError as e:
     # Orbax's background save threads can hold a process for minutes after a failed write;

@@ -5,6 +5,18 @@ class UsageError(Exception):
   """Invalid config or missing data, detected before any work is done."""
 
 
+def describe(e: BaseException, whole: bool = False, with_type: bool = False) -> str:
+  """An exception as one line: its message's first line (every line if `whole`), spaces collapsed.
+
+  The type's name where the message is empty; `with_type` puts it first (`ValueError: boom`).
+  """
+  lines = str(e).strip().splitlines()
+  text = " ".join(" ".join(lines if whole else lines[:1]).split())
+  if not text:
+    return type(e).__name__
+  return f"{type(e).__name__}: {text}" if with_type else text
+
+
 def config_field_error(e: BaseException) -> tuple[str, str] | None:
   """The field and ml_collections' hint ("Did you mean ...?", or "") of a ConfigDict's missing-field error.
 

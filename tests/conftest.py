@@ -59,13 +59,13 @@ TINY_OVERRIDES = {
   "model.dense_features": (16,),
   "model.dropout_rate": 0.1,
   "batch_size": 16,
-  "eval_batch_size": 24,
+  "runtime.eval_batch_size": 24,
   "num_epochs": 2,
-  "steps_per_dispatch": 3,
-  "checkpoint_every_steps": 5,
-  "manual_dir": "",
-  "stop_at_chance": False,  # Mock labels are random: a tiny run on them stays near chance.
-  "microbatches": 1,  # Slices only pay on CPU for real layer sizes, and compile longer.
+  "runtime.steps_per_dispatch": 3,
+  "runtime.checkpoint_every_steps": 5,
+  "runtime.manual_dir": "",
+  "runtime.stop_at_chance": False,  # Mock labels are random: a tiny run on them stays near chance.
+  "runtime.microbatches": 1,  # Slices only pay on CPU for real layer sizes, and compile longer.
 }
 
 
@@ -77,7 +77,9 @@ def tiny_config():
 
 
 def tiny_flags(**changes) -> list[str]:
-  """The tiny config, with top-level `changes`, as `--config.x=v` flags for main.py."""
+  """The tiny config, with `changes` (fields of the top level or of `runtime`), as `--config.x=v` flags for main.py."""
+  runtime = default.get_config().runtime
+  changes = {f"runtime.{k}" if k in runtime else k: v for k, v in changes.items()}
   return [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, **changes}.items()]
 
 
@@ -198,7 +200,7 @@ def tiny_run(mock_data_dir, tmp_path_factory):
   from mnist_flax import train
 
   config = default.get_config()
-  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir})
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "runtime.data_dir": mock_data_dir})
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train.train_and_evaluate(config, workdir)
   return workdir
@@ -211,7 +213,7 @@ def tiny_ensemble_run(mock_data_dir, tmp_path_factory):
   from mnist_flax import train
 
   config = default.get_config()
-  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir, "ensemble_size": 2})
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "runtime.data_dir": mock_data_dir, "ensemble_size": 2})
   workdir = str(tmp_path_factory.mktemp("tiny_ensemble_run"))
   train.train_and_evaluate(config, workdir)
   return workdir

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from mnist_flax.run import backend, chunks
 from mnist_flax.tools import benchmark
 from tests.conftest import MOCK_EXAMPLES, assert_one_line_error, run_module, tiny_flags
 
@@ -12,13 +13,13 @@ def result(mock_data_dir):
   from tests.conftest import TINY_OVERRIDES
 
   config = default.get_config()
-  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir})
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "runtime.data_dir": mock_data_dir})
   return benchmark.run(config, repeats=2, target=0.05)
 
 
 def test_the_figures_are_measured_and_consistent(result, tiny_config):
   assert result["steps_per_epoch"] == MOCK_EXAMPLES // tiny_config.batch_size
-  assert result["steps_per_chunk"] == tiny_config.steps_per_dispatch
+  assert result["steps_per_chunk"] == tiny_config.runtime.steps_per_dispatch
   for key in ("compile_s", "step_s", "eval_s", "flops_per_step", "matmul_peak_flop_s"):
     assert result[key] > 0, key
   assert result["epoch_s"] == pytest.approx(result["step_s"] * result["steps_per_epoch"])
@@ -28,13 +29,12 @@ def test_the_figures_are_measured_and_consistent(result, tiny_config):
 
 @pytest.mark.parametrize("scan", ["rolled", "unrolled"])
 def test_flops_per_step_are_those_of_an_unrolled_chunk_over_its_length(tiny_config, mock_data_dir, scan):
-  from mnist_flax import train
   from mnist_flax.data import input_pipeline
 
-  tiny_config.data_dir, tiny_config.scan = mock_data_dir, scan
+  tiny_config.runtime.data_dir, tiny_config.runtime.scan = mock_data_dir, scan
   setup = benchmark._Setup(tiny_config, input_pipeline.load_mnist(mock_data_dir))  # noqa: SLF001
-  tiny_config.scan = "unrolled"
-  chunk = train.config_train_chunk(tiny_config, setup.chunk, setup.mesh)
+  tiny_config.runtime.scan = "unrolled"
+  chunk = chunks.config_train_chunk(tiny_config, backend.choose(tiny_config), setup.chunk, setup.mesh)
   unrolled = chunk.lower(*setup.fresh(), *setup.chunk_args(setup.order(0), 0)).compile()
   assert setup.step_flops() == pytest.approx(benchmark.compiled_flops(unrolled) / setup.chunk, rel=0.05)
 
@@ -46,18 +46,15 @@ def test_time_to_a_target_accuracy(result):
 
 def test_time_to_accuracy_stops_at_the_first_epoch_the_training_loop_reaches_it(tiny_config, mock_data_dir, tiny_run):
   """The same training as main.py's loop: its epochs' test accuracies decide where the clock stops."""
-  from mnist_flax.core import scoring, train_state
   from mnist_flax.data import input_pipeline
 
   with open(f"{tiny_run}/metrics.jsonl") as f:
     accuracies = [json.loads(line)["test_accuracy"] for line in f]
   assert len(accuracies) == tiny_config.num_epochs == 2
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   data = input_pipeline.load_mnist(mock_data_dir)
   setup = benchmark._Setup(tiny_config, data)  # noqa: SLF001
-  evaluator = scoring.Evaluator(
-    data["test"], tiny_config.eval_batch_size, setup.mesh, train_state.eval_model(tiny_config).apply
-  )
+  evaluator = backend.evaluator(tiny_config, setup.choices, data["test"], setup.mesh)
   cases = [(accuracies[0], True, 1, accuracies[0]), (max(accuracies) + 1e-3, False, 2, accuracies[1])]
   if accuracies[1] > accuracies[0]:
     cases.append((accuracies[1], True, 2, accuracies[1]))

@@ -25,9 +25,9 @@ def run_args(data_dir, workdir, *extra):
   return (
     "--config=configs/fast.py",
     "--config.num_epochs=1",
-    f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
-    "--config.keep_checkpoints=30",
-    f"--config.data_dir={data_dir}",
+    f"--config.runtime.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    "--config.runtime.keep_checkpoints=30",
+    f"--config.runtime.data_dir={data_dir}",
     f"--workdir={workdir}",
     *extra,
   )

@@ -6,6 +6,7 @@ import pytest
 
 from configs import default
 from mnist_flax import Predictor, train
+from mnist_flax.data import input_pipeline
 from mnist_flax.run.record_writers import read_records
 from mnist_flax.tools import evaluate, trained_model
 from tests.conftest import TINY_OVERRIDES, assert_one_line_error, run_module
@@ -36,7 +37,7 @@ def test_json_equals_the_last_record_to_the_last_digit(tiny_run):
 def test_an_earlier_step_equals_its_record(tiny_run):
   first = read_records(tiny_run)[0]
   checkpoint = trained_model.load_checkpoint(tiny_run, first["step"])
-  data = evaluate.load_test_split(checkpoint.config)
+  data = input_pipeline.load_configured(checkpoint.config.runtime)
   result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
   assert (result["step"], result["test_loss"], result["test_accuracy"]) == (
     first["step"],
@@ -51,13 +52,13 @@ def test_an_earlier_step_equals_its_record(tiny_run):
 
 def test_a_batch_norm_run_evaluates_and_predicts_with_its_running_statistics(mock_data_dir, tmp_path):
   config = default.get_config()
-  config.update_from_flattened_dict({**TINY_OVERRIDES, "data_dir": mock_data_dir, "model.batch_norm": True})
+  config.update_from_flattened_dict({**TINY_OVERRIDES, "runtime.data_dir": mock_data_dir, "model.batch_norm": True})
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   last = read_records(workdir)[-1]
   checkpoint = trained_model.load_checkpoint(workdir)
   assert set(checkpoint.state.batch_stats) == {"BatchNorm_0", "BatchNorm_1"}
-  test = evaluate.load_test_split(checkpoint.config)["test"]
+  test = input_pipeline.load_configured(checkpoint.config.runtime)["test"]
   result = evaluate.evaluate_checkpoint(checkpoint, test)
   assert (result["test_loss"], result["test_accuracy"]) == (last["test_loss"], last["test_accuracy"])
   predicted = Predictor(checkpoint)(test["image"]).argmax(axis=1)

@@ -26,8 +26,8 @@ BAD_INPUTS = {
   "stray argument": (["train"], "unexpected arguments: train"),
   "infinite learning rate": (["--config.learning_rate=inf"], "config.learning_rate must be a positive finite number"),
   "seed beyond 2**63": (["--config.seed=9223372036854775808"], "config.seed must be an integer in [0, 4294967295]"),
-  "eval batch of 1e9": (["--config.eval_batch_size=1000000000"], "exceeds the 10000 test images"),
-  "data dir is a file": ([f"--config.data_dir={os.path.join(ROOT, 'README.md')}"], "README.md is not a folder"),
+  "eval batch of 1e9": (["--config.runtime.eval_batch_size=1000000000"], "exceeds the 10000 test images"),
+  "data dir is a file": ([f"--config.runtime.data_dir={os.path.join(ROOT, 'README.md')}"], "README.md is not a folder"),
   "distributed without a coordinator": (["--distributed"], "--distributed: jax.distributed.initialize() failed"),
 }
 
@@ -71,8 +71,8 @@ def test_batch_size_not_divisible_by_devices_is_refused(tmp_path):
 @pytest.mark.skipif(input_pipeline._can_download(), reason="this machine can reach the MNIST download host")
 def test_no_data_and_no_network_says_how_to_provide_it(tmp_path):
   result = run_main(
-    "--config.manual_dir=",
-    f"--config.data_dir={tmp_path / 'tfds'}",
+    "--config.runtime.manual_dir=",
+    f"--config.runtime.data_dir={tmp_path / 'tfds'}",
     f"--workdir={tmp_path / 'run'}",
     env={"MNIST_MANUAL_DIR": ""},
   )
@@ -85,7 +85,11 @@ def test_without_tensorflow_an_unprepared_run_names_the_command_that_adds_it(tmp
   manual = tmp_path / "manual"
   manual.mkdir()
   conftest.mock_manual_dir(manual)
-  args = [f"--config.manual_dir={manual}", f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}"]
+  args = [
+    f"--config.runtime.manual_dir={manual}",
+    f"--config.runtime.data_dir={tmp_path / 'tfds'}",
+    f"--workdir={tmp_path / 'run'}",
+  ]
   code = (
     "import runpy, sys\n"
     "sys.modules['tensorflow'] = None\n"  # As if it were not installed: find_spec gives None, import fails.
@@ -102,7 +106,7 @@ def tiny_args(data_dir, workdir, num_epochs, checkpoint_every_steps=10):
   flags = tiny_flags(
     num_epochs=num_epochs, eval_batch_size=40, steps_per_dispatch=5, checkpoint_every_steps=checkpoint_every_steps
   )
-  return (*flags, f"--config.data_dir={data_dir}", f"--workdir={workdir}")
+  return (*flags, f"--config.runtime.data_dir={data_dir}", f"--workdir={workdir}")
 
 
 def test_a_prepared_run_never_imports_tensorflow_and_plots_only_at_the_end(mock_data_dir, tmp_path):

@@ -2,8 +2,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import create_train_state, eval_step
-from mnist_flax.core import models, scoring
+from mnist_flax import create_train_state, eval_step, kernels
+from mnist_flax.core import scoring
 from mnist_flax.core.train_state import create_ensemble_state
 from mnist_flax.run import parallel
 
@@ -84,8 +84,8 @@ def test_an_ensemble_is_the_mean_of_its_members_probabilities(config):
 
 
 def test_an_apply_fn_replaces_the_states_own(config):
-  config.model.features, config.model.dense_features, config.conv_impl = (4, 8), (8,), "patches"
-  state = create_train_state(config, jax.random.PRNGKey(0))
+  config.model.features, config.model.dense_features = (4, 8), (8,)
+  state = create_train_state(config, jax.random.PRNGKey(0), model=kernels.cnn(config.model, "patches"))
   rng = np.random.default_rng(2)
   split = {
     "image": rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
@@ -96,7 +96,7 @@ def test_an_apply_fn_replaces_the_states_own(config):
 
   def xla_apply(variables, images, train):
     calls.append(images.shape)
-    return models.create_model(config.model, "xla").apply(variables, images, train=train)
+    return kernels.cnn(config.model, "xla").apply(variables, images, train=train)
 
   own = scoring.Evaluator(split, 16, mesh)(state)
   other = scoring.Evaluator(split, 16, mesh, xla_apply)(state)

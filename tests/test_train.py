@@ -2,133 +2,12 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mnist_flax import train
-from mnist_flax.data import augment
-from mnist_flax.run import parallel, record_writers
-from tests.conftest import MOCK_EXAMPLES, assert_script_runs_on_eight_devices, tensorboard_scalars
-
-
-def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
-  key = jax.random.PRNGKey(0)
-  a = np.asarray(train.epoch_order(key, 3, 1000))
-  assert sorted(a.tolist()) == list(range(1000))
-  np.testing.assert_array_equal(a, train.epoch_order(key, 3, 1000))
-  assert not np.array_equal(a, train.epoch_order(key, 4, 1000))
-  assert not np.array_equal(a, train.epoch_order(jax.random.PRNGKey(1), 3, 1000))
-
-
-def test_every_accepted_seed_has_its_own_keys():
-  from mnist_flax.run.config_checks import MAX_SEED
-
-  keys = {tuple(np.asarray(k).ravel()) for s in (0, 1, 2**31, MAX_SEED) for k in train.run_keys(s)}
-  assert len(keys) == 8
-
-
-@pytest.mark.parametrize(
-  ("changes", "own"),
-  [
-    ({}, False),
-    ({"ensemble_size": 3}, False),
-    ({"ensemble_size": 3, "member_batches": "own"}, True),
-    ({"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2), "member_batches": "own"}, True),
-    ({"member_batches": "own"}, False),  # One model: there is nothing to share.
-  ],
-)
-def test_data_keys_give_each_member_its_own_key_only_when_its_batches_are_its_own(config, changes, own):
-  config.update_from_flattened_dict(changes)
-  keys = train.data_keys(config)
-  run_key = np.asarray(train.run_keys(config.seed)[1])
-  if own:
-    assert keys.shape == (config.ensemble_size, *run_key.shape)
-    assert len({tuple(k) for k in keys}) == config.ensemble_size and not (keys == run_key).all(axis=1).any()
-  else:
-    np.testing.assert_array_equal(keys, run_key)
-
-
-def test_each_member_has_its_own_epoch_order():
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  orders = np.asarray(train.epoch_order(keys, 2, 100))
-  assert orders.shape == (3, 100)
-  for key, order in zip(keys, orders, strict=True):
-    np.testing.assert_array_equal(order, train.epoch_order(key, 2, 100))
-  assert len({tuple(o) for o in orders}) == 3
-
-
-def test_each_member_trains_as_a_single_model_on_its_own_batches(tiny_config):
-  """A chunk of members with their own batches gives each what a chunk of that member alone on its key gives."""
-  tiny_config.update(ensemble_size=2, member_batches="own", augment_max_rotation=10.0)
-  mesh, n, spe = parallel.create_mesh(), 4, 8
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (spe * tiny_config.batch_size, 28, 28, 1)), jnp.uint8)
-  labels = jnp.asarray(rng.integers(0, 10, len(images)), jnp.int32)
-  state = train.init_train_item(tiny_config, spe, mesh)["state"]
-  data_rng = jnp.asarray(train.data_keys(tiny_config))
-  order = train.epoch_order(data_rng, 0, len(labels))
-  chunk = train.make_train_chunk(n, tiny_config.batch_size, augment.Augmentation.from_config(tiny_config), False, mesh)
-  sums = train.zero_sums(parallel.replicated(mesh), (2,))
-  ensemble, _ = chunk(jax.tree.map(jnp.copy, state), sums, images, labels, order, jnp.int32(2), data_rng)
-  for i in range(2):
-    alone = jax.tree.map(lambda x, i=i: x[i], state)
-    sums = train.zero_sums(parallel.replicated(mesh))
-    single, _ = chunk(alone, sums, images, labels, order[i], jnp.int32(2), data_rng[i])
-    member = jax.tree.map(lambda x, i=i: x[i], ensemble.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single.params)
-
-
-OWN_BATCHES_ON_EIGHT_DEVICES = """
-import jax, jax.numpy as jnp, numpy as np
-from configs import default
-from mnist_flax import train
-from mnist_flax.data import augment
-from mnist_flax.run import parallel
-from tests.conftest import TINY_OVERRIDES
-assert jax.device_count() == 8, jax.devices()
-config = default.get_config()
-config.update_from_flattened_dict({**TINY_OVERRIDES, "ensemble_size": 2, "member_batches": "own"})
-rng = np.random.default_rng(0)
-data = (rng.integers(0, 256, (128, 28, 28, 1)).astype(np.uint8), rng.integers(0, 10, 128).astype(np.int32))
-params = []
-for mesh in (jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), parallel.create_mesh()):
-  item = train.init_train_item(config, 8, mesh)
-  images, labels, key = parallel.put_replicated((*data, train.data_keys(config)), mesh)
-  order = train.epoch_order_fn(mesh)(key, 0, 128)
-  chunk = train.make_train_chunk(4, config.batch_size, augment.Augmentation.from_config(config), False, mesh)
-  state, _ = chunk(item["state"], item["sums"], images, labels, order, jnp.int32(0), key)
-  params.append(jax.device_get(state.params))
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *params)
-print("ok")
-"""
-
-
-def test_members_own_batches_split_over_eight_devices_train_as_on_one():
-  assert_script_runs_on_eight_devices(OWN_BATCHES_ON_EIGHT_DEVICES)
-
-
-def test_steps_per_dispatch_defaults_per_backend(config):
-  assert train.steps_per_dispatch(config, 468, "cpu") == 18  # 468 = 26 x 18: one compiled chunk.
-  assert train.steps_per_dispatch(config, 480, "cpu") == 16
-  assert train.steps_per_dispatch(config, 467, "cpu") == 16  # Prime: no divisor in [8, 32].
-  assert train.steps_per_dispatch(config, 5, "cpu") == 5
-  assert train.steps_per_dispatch(config, 468, "gpu") == 468
-  assert train.steps_per_dispatch(config, 468, "tpu") == 468
-  config.steps_per_dispatch = 50
-  assert train.steps_per_dispatch(config, 468, "cpu") == 50
-  assert train.steps_per_dispatch(config, 20, "gpu") == 20
-
-
-def test_microbatches_default_to_slices_on_cpu_for_a_single_model(config):
-  assert jax.default_backend() == "cpu"
-  assert train.microbatches(config) == train.CPU_MICROBATCHES
-  config.batch_size = 130
-  assert train.microbatches(config) == 1
-  config.batch_size, config.ensemble_size = 128, 4
-  assert train.microbatches(config) == 1  # Stacked members already give XLA independent work.
-  config.microbatches = 2
-  assert train.microbatches(config) == 2
+from mnist_flax.run import chunks, record_writers, snapshot, stopping
+from tests.conftest import MOCK_EXAMPLES, tensorboard_scalars
 
 
 def read_records(workdir):
@@ -141,7 +20,7 @@ def without_times(records):
 
 
 def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_config, mock_data_dir, tmp_path):
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(tiny_config, workdir)
 
@@ -155,7 +34,7 @@ def test_train_and_evaluate_on_mock_data_records_checkpoints_and_resumes(tiny_co
     assert 0 < r["eval_s"] < r["epoch_s"] <= r["elapsed_s"]  # The evaluation is part of the epoch.
   assert final == records[-1]
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-  assert saved[-1] == 2 * steps_per_epoch and len(saved) <= tiny_config.keep_checkpoints
+  assert saved[-1] == 2 * steps_per_epoch and len(saved) <= tiny_config.runtime.keep_checkpoints
   assert json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == tiny_config.batch_size
 
   again = train.train_and_evaluate(tiny_config, workdir)  # Already complete: nothing changes.
@@ -171,7 +50,7 @@ SWEEP = {"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2)}
   ids=["single", "sweep", "batch_norm", "own_batches"],
 )
 def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch, members):
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   tiny_config.update_from_flattened_dict(members)
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(tiny_config, reference)
@@ -217,7 +96,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(
 ):
   import shutil
 
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   reference = tiny_run  # The same config, run once per session.
   damaged = tmp_path / "damaged"
   shutil.copytree(reference, damaged)
@@ -234,7 +113,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(
 def test_a_final_record_cut_short_is_rebuilt_from_the_checkpoint(tiny_config, mock_data_dir, tiny_run, tmp_path):
   import shutil
 
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   cut = tmp_path / "cut"
   shutil.copytree(tiny_run, cut)
   text = (cut / "metrics.jsonl").read_text()
@@ -248,7 +127,7 @@ def test_a_final_record_cut_short_is_rebuilt_from_the_checkpoint(tiny_config, mo
 
 
 def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, mock_data_dir, tmp_path, caplog):
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   tiny_config.num_epochs = 1
   train.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.num_epochs = 2
@@ -261,27 +140,27 @@ def test_extending_a_finished_run_announces_the_redefined_schedule(tiny_config, 
 
 @pytest.fixture
 def made_chunks(monkeypatch) -> list:
-  """The `(args, compiled function)` of every `train.make_train_chunk` call made during the test."""
-  made, real = [], train.make_train_chunk
+  """The `(args, compiled function)` of every `chunks.make_train_chunk` call made during the test."""
+  made, real = [], chunks.make_train_chunk
 
   def spy(*args):
     made.append((args, real(*args)))
     return made[-1][1]
 
-  monkeypatch.setattr(train, "make_train_chunk", spy)
+  monkeypatch.setattr(chunks, "make_train_chunk", spy)
   return made
 
 
 def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
   tiny_config, mock_data_dir, tiny_run, tmp_path, made_chunks
 ):
-  tiny_config.data_dir = mock_data_dir
-  tiny_config.scan = "rolled"
-  tiny_config.steps_per_dispatch = MOCK_EXAMPLES // tiny_config.batch_size  # The whole epoch, as on GPU/TPU.
+  tiny_config.runtime.data_dir = mock_data_dir
+  tiny_config.runtime.scan = "rolled"
+  tiny_config.runtime.steps_per_dispatch = MOCK_EXAMPLES // tiny_config.batch_size  # The whole epoch, as on GPU/TPU.
   made = made_chunks
   rolled = train.train_and_evaluate(tiny_config, str(tmp_path / "rolled"))
   ((args, fn),) = made
-  assert args[0] == tiny_config.steps_per_dispatch and args[3] is False  # One rolled scan over the epoch.
+  assert args[0] == tiny_config.runtime.steps_per_dispatch and args[3] is False  # One rolled scan over the epoch.
   assert fn._cache_size() == 1  # noqa: SLF001 - compiled once for both epochs.
 
   chunked = read_records(tiny_run)[-1]  # The same config in rolled chunks of 3 steps.
@@ -290,7 +169,7 @@ def test_the_rolled_accelerator_path_runs_on_cpu_compiled_once(
 
 
 def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_run, tmp_path, made_chunks):
-  tiny_config.data_dir, tiny_config.scan = mock_data_dir, "unrolled"
+  tiny_config.runtime.data_dir, tiny_config.runtime.scan = mock_data_dir, "unrolled"
   unrolled = train.train_and_evaluate(tiny_config, str(tmp_path / "unrolled"))
   assert made_chunks and all(args[3] is True for args, _ in made_chunks)
   rolled = read_records(tiny_run)[-1]
@@ -298,41 +177,18 @@ def test_unrolled_chunks_train_as_rolled_ones(tiny_config, mock_data_dir, tiny_r
   assert unrolled["test_loss"] == pytest.approx(rolled["test_loss"], rel=1e-4)
 
 
-def test_scan_modes(config):
-  assert config.scan == "auto" and not train.unrolled(config)
-  config.conv_impl = "xla"
-  assert train.unrolled(config) == (jax.default_backend() == "cpu")
-  config.conv_impl = "patch_grad"
-  assert train.unrolled(config) == (jax.default_backend() == "cpu")
-  for impl in ("patches", "pooled"):
-    config.conv_impl = impl
-    assert not train.unrolled(config)
-  config.scan = "rolled"
-  assert not train.unrolled(config)
-  config.scan = "unrolled"
-  assert train.unrolled(config)
-
-
 def test_nan_loss_stops_with_a_clear_error(tiny_config, mock_data_dir, tmp_path):
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   tiny_config.learning_rate = 1e30
-  with pytest.raises(train.Diverged, match="lower config.learning_rate"):
+  with pytest.raises(stopping.Diverged, match="lower config.learning_rate"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
-def test_check_loss_stops_nan_infinite_and_exploded_losses():
-  train.check_loss(2.3, 10)
-  train.check_loss(train.EXPLODED_LOSS, 10)
-  for loss in (float("nan"), float("inf"), train.EXPLODED_LOSS * 1.01, 2.7e21):
-    with pytest.raises(train.Diverged, match="at step 10"):
-      train.check_loss(loss, 10)
-
-
 def test_a_finite_blow_up_stops_before_any_record_or_later_checkpoint(tiny_config, mock_data_dir, tmp_path):
-  tiny_config.data_dir = mock_data_dir
+  tiny_config.runtime.data_dir = mock_data_dir
   tiny_config.learning_rate = 1e10
   workdir = tmp_path / "run"
-  with pytest.raises(train.Diverged, match="lower config.learning_rate") as e:
+  with pytest.raises(stopping.Diverged, match="lower config.learning_rate") as e:
     train.train_and_evaluate(tiny_config, str(workdir))
   step = int(str(e.value).split(" at step ")[1].split()[0])
   assert not (workdir / record_writers.METRICS_FILE).exists()
@@ -340,35 +196,17 @@ def test_a_finite_blow_up_stops_before_any_record_or_later_checkpoint(tiny_confi
   assert all(s < step for s in saved)
 
 
-def test_check_accuracy_stops_at_the_level_of_guessing():
-  train.check_accuracy(train.CHANCE_ACCURACY, 1)
-  train.check_accuracy(0.97, 1)
-  for accuracy in (0.0, 0.098, 0.1135, train.CHANCE_ACCURACY - 1e-6):
-    with pytest.raises(train.Diverged, match="after epoch 3, no better than guessing"):
-      train.check_accuracy(accuracy, 3)
-
-
 def test_an_epoch_at_chance_stops_after_its_record_keeping_earlier_checkpoints(tiny_config, mock_data_dir, tmp_path):
-  tiny_config.data_dir = mock_data_dir  # Random labels: the test accuracy stays near 10 %.
-  tiny_config.stop_at_chance = True
+  tiny_config.runtime.data_dir = mock_data_dir  # Random labels: the test accuracy stays near 10 %.
+  tiny_config.runtime.stop_at_chance = True
   workdir = tmp_path / "run"
-  with pytest.raises(train.Diverged, match="after epoch 1, no better than guessing") as e:
+  with pytest.raises(stopping.Diverged, match="after epoch 1, no better than guessing") as e:
     train.train_and_evaluate(tiny_config, str(workdir))
-  assert "config.stop_at_chance=False" in str(e.value)
+  assert "config.runtime.stop_at_chance=False" in str(e.value)
   records = record_writers.read_records(str(workdir))
-  assert [r["epoch"] for r in records] == [1] and records[0]["test_accuracy"] < train.CHANCE_ACCURACY
+  assert [r["epoch"] for r in records] == [1] and records[0]["test_accuracy"] < stopping.CHANCE_ACCURACY
   spe = records[0]["step"]
   assert all(int(d) < spe for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-
-
-@pytest.mark.parametrize("shape", [(), (3,)])
-def test_sums_start_as_float32_zeros_one_per_metric_and_member(shape):
-  sharding = parallel.replicated(parallel.create_mesh())
-  sums = train.zero_sums(sharding, shape)
-  assert sorted(sums) == sorted(train.SUM_KEYS) == ["accuracy", "grad_norm", "loss"]
-  for value in sums.values():
-    assert value.dtype == jnp.float32 and value.shape == shape and value.sharding == sharding
-    np.testing.assert_array_equal(value, np.zeros(shape, np.float32))
 
 
 # What the loop feeds: training images that carry their example's index in two pixels, recorded by
@@ -415,20 +253,20 @@ def fed(monkeypatch):
 
     return wrapper
 
-  monkeypatch.setattr(train.steps, "train_step", recorded(train.steps.train_step, False))
-  monkeypatch.setattr(train.steps, "ensemble_train_step", recorded(train.steps.ensemble_train_step, True))
+  monkeypatch.setattr(chunks.steps, "train_step", recorded(chunks.steps.train_step, False))
+  monkeypatch.setattr(chunks.steps, "ensemble_train_step", recorded(chunks.steps.ensemble_train_step, True))
   return seen
 
 
 def fed_config(tiny_config, data_dir, **changes):
   tiny_config.update_from_flattened_dict(
     {
-      "data_dir": data_dir,
+      "runtime.data_dir": data_dir,
       "batch_size": FED_BATCH,
-      "eval_batch_size": FED_TEST,
+      "runtime.eval_batch_size": FED_TEST,
       "num_epochs": 2,
-      "steps_per_dispatch": 4,
-      "checkpoint_every_steps": 5,
+      "runtime.steps_per_dispatch": 4,
+      "runtime.checkpoint_every_steps": 5,
       "augment_max_shift": 0,  # Shifts would move the pixels that name the example.
       **changes,
     }
@@ -446,13 +284,13 @@ def test_each_epoch_feeds_every_example_once_in_its_own_order_also_after_a_resum
   jax.effects_barrier()
   whole = np.stack(fed)  # [steps, B] or [steps, members, B]
   assert len(whole) == 2 * spe
-  keys = train.data_keys(config)
+  keys = snapshot.data_keys(config)
   for epoch in range(2):
     fed_epoch = np.moveaxis(whole[epoch * spe : (epoch + 1) * spe], 0, -2)  # [..., steps, B]
     fed_epoch = fed_epoch.reshape(*fed_epoch.shape[:-2], FED_EXAMPLES)
     for order in fed_epoch.reshape(-1, FED_EXAMPLES):
       assert sorted(order.tolist()) == list(range(FED_EXAMPLES))  # Every example once.
-    np.testing.assert_array_equal(fed_epoch, train.epoch_order(keys, epoch, FED_EXAMPLES))
+    np.testing.assert_array_equal(fed_epoch, chunks.epoch_order(keys, epoch, FED_EXAMPLES))
   first, second = whole[:spe], whole[spe:]
   assert not np.array_equal(first, second)  # Each epoch its own order.
   if members:

@@ -6,15 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_flax import TrainState, create_train_state, train_step
+from mnist_flax import TrainState, create_train_state, kernels, train_step
 from mnist_flax.core.steps import ensemble_train_step
 from mnist_flax.core.train_state import (
-  conv_impl,
   create_ensemble_state,
   create_optimizer,
   create_schedule,
-  eval_conv_impl,
-  eval_model,
   is_ensemble,
   member_learning_rates,
 )
@@ -121,11 +118,12 @@ def test_members_are_stacked_with_their_own_keys(small_config):
   assert not np.array_equal(kernels[0], kernels[1]) and not np.array_equal(state.rng[0], state.rng[1])
 
 
-@pytest.mark.parametrize("impl", ["auto", "pooled"])  # "pooled": its custom gradient vmapped over members too.
+@pytest.mark.parametrize("impl", ["flax", "pooled"])  # "pooled": its custom gradient vmapped over members too.
 def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_config, impl):
-  small_config.ensemble_size, small_config.conv_impl = 2, impl
+  small_config.ensemble_size = 2
   small_config.member_learning_rates = (1e-3, 3e-2)
-  state = create_ensemble_state(small_config, jax.random.PRNGKey(3), steps_per_epoch=4)
+  model = kernels.cnn(small_config.model, impl)
+  state = create_ensemble_state(small_config, jax.random.PRNGKey(3), steps_per_epoch=4, model=model)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.random((8, 28, 28, 1)), jnp.float32), "label": jnp.asarray(rng.integers(0, 10, 8))}
   for _ in range(3):
@@ -134,46 +132,9 @@ def test_a_swept_member_trains_as_a_model_with_its_own_learning_rate(small_confi
   for i, rate in enumerate(small_config.member_learning_rates):
     alone = small_config.copy_and_resolve_references()
     alone.member_learning_rates, alone.ensemble_size, alone.learning_rate = (), 1, rate
-    single = create_train_state(alone, keys[i], steps_per_epoch=4)
+    single = create_train_state(alone, keys[i], steps_per_epoch=4, model=model)
     for _ in range(3):
       single, _ = train_step(single, batch)
     member = jax.tree.map(lambda x, i=i: x[i], state.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single.params)
   assert member_learning_rates(small_config) == [1e-3, 3e-2]
-
-
-@pytest.mark.parametrize("ensemble_size", [1, 2])
-def test_auto_computes_convolutions_as_patches_on_cpu(small_config, ensemble_size):
-  small_config.ensemble_size = ensemble_size
-  assert small_config.conv_impl == "auto"
-  on_cpu = "pooled" if ensemble_size == 1 else "patches"  # Stacked members train faster without the pooled block.
-  assert conv_impl(small_config) == (on_cpu if jax.default_backend() == "cpu" else "xla")
-  del small_config["conv_impl"]  # A config from before the field.
-  assert conv_impl(small_config) == (on_cpu if jax.default_backend() == "cpu" else "xla")
-  assert create_ensemble_state(small_config, jax.random.PRNGKey(0)).apply_fn.__self__.conv_impl == conv_impl(
-    small_config
-  )
-
-
-@pytest.mark.parametrize("impl", ["xla", "patches", "patch_grad", "pooled"])
-@pytest.mark.parametrize("ensemble_size", [1, 2])
-def test_a_named_conv_impl_is_used_for_single_models_and_members(small_config, impl, ensemble_size):
-  small_config.conv_impl, small_config.ensemble_size = impl, ensemble_size
-  assert conv_impl(small_config) == impl
-  assert create_ensemble_state(small_config, jax.random.PRNGKey(0)).apply_fn.__self__.conv_impl == impl
-
-
-@pytest.mark.parametrize("ensemble_size", [1, 2])
-def test_auto_evaluates_a_single_model_with_xla_convolutions_and_members_as_trained(small_config, ensemble_size):
-  small_config.ensemble_size = ensemble_size
-  expected = "xla" if ensemble_size == 1 else conv_impl(small_config)
-  assert eval_conv_impl(small_config) == expected
-  assert eval_model(small_config).conv_impl == expected
-  del small_config["conv_impl"]  # A config from before the field.
-  assert eval_conv_impl(small_config) == expected
-
-
-@pytest.mark.parametrize("impl", ["xla", "patches", "patch_grad", "pooled"])
-def test_a_named_conv_impl_is_also_used_for_evaluation(small_config, impl):
-  small_config.conv_impl = impl
-  assert eval_conv_impl(small_config) == impl

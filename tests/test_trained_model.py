@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -79,6 +81,9 @@ def test_unusable_workdirs_are_one_line_errors(tiny_run, tmp_path):
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(UsageError, match="cannot read"):
     trained_model.load_checkpoint(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"model": {}, "batch_size": 128}')
+  with pytest.raises(UsageError, match="no runtime section: the run was written by an older mnist-flax"):
+    trained_model.load_checkpoint(str(tmp_path))
   with open(os.path.join(tiny_run, "config.json")) as f:
     (tmp_path / "config.json").write_text(f.read())
   with pytest.raises(UsageError, match="no checkpoint"):
@@ -111,3 +116,9 @@ def test_an_ensemble_predicts_the_mean_of_its_members(tiny_ensemble_run, mock_da
     for i in range(2)
   ]
   np.testing.assert_allclose(predictor(images), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_trained_model_loads_without_the_training_loop():
+  code = "import sys, mnist_flax.tools.trained_model; print('mnist_flax.train' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "False"

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -94,8 +95,8 @@ def member_learning_rates(config: ml_collections.ConfigDict) -> list[float]:
   `config.member_learning_rates` if given (a sweep), else `config.learning_rate` for all
   `config.ensemble_size` members.
   """
-  rates = tuple(config.get("member_learning_rates", ()))
-  return [float(r) for r in rates] if rates else [float(config.learning_rate)] * config.get("ensemble_size", 1)
+  rates = tuple(config["member_learning_rates"])
+  return [float(r) for r in rates] if rates else [float(config.learning_rate)] * config["ensemble_size"]
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -106,7 +107,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
   stacked in one vmapped state can each follow the schedule scaled to their own peak.
   """
   schedule = create_schedule(config, steps_per_epoch)
-  if not config.get("member_learning_rates"):
+  if not config["member_learning_rates"]:
     return optax.adam(schedule)
   base = float(config.learning_rate)
 
@@ -116,9 +117,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
   return optax.inject_hyperparams(adam)(peak_learning_rate=base)
 
 
-def stacked(config: ml_collections.ConfigDict) -> bool:
+def trains_ensemble(config: ml_collections.ConfigDict) -> bool:
   """Whether the config's train state stacks ensemble members (several, or a learning-rate sweep)."""
-  return config.get("ensemble_size", 1) > 1 or bool(config.get("member_learning_rates"))
+  return config["ensemble_size"] > 1 or bool(config["member_learning_rates"])
 
 
 def own_member_batches(config: ml_collections.ConfigDict | dict) -> bool:
@@ -127,48 +128,11 @@ def own_member_batches(config: ml_collections.ConfigDict | dict) -> bool:
   Each then has its own data order and augmentation, as runs of different seeds have; with "shared"
   every member trains on the same batches, as runs of one seed do.
   """
-  return config.get("member_batches", "shared") == "own" and stacked(config)
-
-
-def conv_impl(config: ml_collections.ConfigDict) -> str:
-  """How the config's model computes its convolutions (`models.Conv`'s `impl`).
-
-  `config.conv_impl` if it names one; for "auto" (or a config from before the field), matrix products
-  of patches on CPU and XLA's convolutions on GPU and TPU. On XLA:CPU the patch products train the
-  default CNN about 20 % faster, and stacked ensemble members about 3.5x faster (vmapped XLA
-  convolutions run there as grouped convolutions). A single model on CPU gets "pooled" (its first
-  block as one pooled convolution): about 1.15-1.2x faster per step than "patches" for the seed
-  and default networks and 1.7x for `fast`'s, while vmapped members ran 1.6x slower with it.
-  """
-  impl = config.get("conv_impl", "auto")
-  if impl != "auto":
-    return impl
-  if jax.default_backend() != "cpu":
-    return "xla"
-  return "patches" if stacked(config) else "pooled"
-
-
-def eval_conv_impl(config: ml_collections.ConfigDict) -> str:
-  """How evaluation and prediction (forward passes only) compute the config's convolutions.
-
-  `config.conv_impl` if it names one; for "auto", XLA's convolutions, except for stacked ensemble
-  members on CPU, which keep `conv_impl`'s patch products. Without a backward pass, XLA:CPU runs a
-  single model's forward convolutions about twice as fast as patch products (the default CNN on
-  the 10,000 test images: 1.3 against 2.5 s here), and vmapped members about 1.5x slower.
-  """
-  impl = config.get("conv_impl", "auto")
-  if impl != "auto":
-    return impl
-  return conv_impl(config) if stacked(config) else "xla"
-
-
-def eval_model(config: ml_collections.ConfigDict) -> models.CNN:
-  """The config's CNN as evaluation and prediction run it: the training parameters, `eval_conv_impl`'s convolutions."""
-  return models.create_model(config.model, eval_conv_impl(config))
+  return config["member_batches"] == "own" and trains_ensemble(config)
 
 
 def create_train_state(
-  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None
+  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None, model: nn.Module | None = None
 ) -> TrainState:
   """Initialises the config's CNN and its Adam optimizer.
 
@@ -177,13 +141,15 @@ def create_train_state(
     rng: A raw PRNG key; split into the init key and the state's dropout key.
     steps_per_epoch: Train steps per epoch, for the learning-rate schedule;
       defaults to full batches over the 60,000 MNIST training images.
+    model: The module to train (default: `models.create_model(config.model)`); it must take
+      `(images, train)`.
 
   Returns:
     The initial `TrainState`, a `BatchNormTrainState` when the model has batch norm.
   """
   if steps_per_epoch is None:
-    steps_per_epoch = input_pipeline.SPLIT_SIZES["train"] // config.batch_size
-  model = models.create_model(config.model, conv_impl(config))
+    steps_per_epoch = input_pipeline.steps_per_epoch(config.batch_size)
+  model = models.create_model(config.model) if model is None else model
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)
   tx = create_optimizer(config, steps_per_epoch)
@@ -195,26 +161,27 @@ def create_train_state(
 
 
 def create_ensemble_state(
-  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None
+  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None, model: nn.Module | None = None
 ) -> TrainState:
   """The run's train state: one model, or `config.ensemble_size` members stacked on a leading axis.
 
   Members are created by `create_train_state` under `jax.vmap`, each from its own key (so its own
   initialisation and dropout keys) and with its own peak learning rate in a sweep; every leaf,
   `step` included, then has a leading axis of length `ensemble_size`. With one member (and no
-  sweep) this is exactly `create_train_state(config, rng, steps_per_epoch)`.
+  sweep) this is exactly `create_train_state(config, rng, steps_per_epoch, model)`.
 
   Args:
     config: A run config (see `configs/default.py`).
     rng: A raw PRNG key, split into one key per member.
     steps_per_epoch: As for `create_train_state`.
+    model: As for `create_train_state`.
   """
-  if not stacked(config):
-    return create_train_state(config, rng, steps_per_epoch)
-  rates, sweep = member_learning_rates(config), bool(config.get("member_learning_rates"))
+  if not trains_ensemble(config):
+    return create_train_state(config, rng, steps_per_epoch, model)
+  rates, sweep = member_learning_rates(config), bool(config["member_learning_rates"])
 
   def member(key: jax.Array, rate: jax.Array) -> TrainState:
-    state = create_train_state(config, key, steps_per_epoch)
+    state = create_train_state(config, key, steps_per_epoch, model)
     if not sweep:  # One rate for all: no hyperparameter in the optimizer state.
       return state
     hyperparams = {**state.opt_state.hyperparams, "peak_learning_rate": rate}

@@ -111,10 +111,10 @@ class Augmentation:
     """The config's `augment_*` fields (those a config from before them lacks count as 0)."""
     return cls(
       max_shift=config.augment_max_shift,
-      max_rotation=float(config.get("augment_max_rotation", 0.0)),
-      max_scale=float(config.get("augment_max_scale", 0.0)),
-      elastic_alpha=float(config.get("augment_elastic_alpha", 0.0)),
-      elastic_sigma=float(config.get("augment_elastic_sigma", 4.0)),
+      max_rotation=float(config.augment_max_rotation),
+      max_scale=float(config.augment_max_scale),
+      elastic_alpha=float(config.augment_elastic_alpha),
+      elastic_sigma=float(config.augment_elastic_sigma),
     )
 
   def __call__(self, rng: jax.Array, images: jax.Array) -> jax.Array:

@@ -20,14 +20,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mnist_flax.errors import UsageError
+from mnist_flax.errors import UsageError, describe
 from mnist_flax.run import files, locking
 
 MNIST_FILES = (
@@ -54,11 +54,21 @@ def to_unit_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
+def steps_per_epoch(batch_size: int, num_examples: int = SPLIT_SIZES["train"]) -> int:
+  """Train steps per epoch: full batches over `num_examples` images (a partial last batch is dropped)."""
+  return num_examples // batch_size
+
+
+def load_configured(runtime: Any, data_dir: str | None = None, manual_dir: str | None = None) -> Splits:
+  """`load_mnist` for a config: `data_dir` and `manual_dir` where given, else `runtime`'s ("" for the defaults)."""
+  return load_mnist(data_dir or runtime.data_dir or None, manual_dir or runtime.manual_dir or None)
+
+
 def how_to_provide() -> str:
   """One sentence on providing the MNIST files offline."""
   return (
     f"put the four MNIST files ({', '.join(MNIST_FILES)}) in a folder and pass "
-    "--config.manual_dir=FOLDER (--manual_dir=FOLDER to evaluate and report) or set MNIST_MANUAL_DIR=FOLDER"
+    "--config.runtime.manual_dir=FOLDER (--manual_dir=FOLDER to evaluate and report) or set MNIST_MANUAL_DIR=FOLDER"
   )
 
 
@@ -143,7 +153,7 @@ def _read_arrays(source: str | IO[bytes], name: str) -> Splits:
     with np.load(source) as f:
       splits = {s: {"image": f[f"{s}_image"], "label": f[f"{s}_label"]} for s in SPLIT_SIZES}
   except Exception as e:  # noqa: BLE001 - numpy and zipfile report damage with many types.
-    raise DataError(f"{name} is unreadable ({' '.join(str(e).split()) or type(e).__name__})") from e
+    raise DataError(f"{name} is unreadable ({describe(e)})") from e
   for s in SPLIT_SIZES:
     images, labels = splits[s]["image"], splits[s]["label"]
     if images.shape[1:] != (28, 28, 1) or labels.shape != images.shape[:1] or images.dtype != np.uint8:
@@ -265,7 +275,8 @@ def read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
     import tensorflow as tf
   except Exception as e:  # noqa: BLE001 - a broken install fails with many types (ImportError, AttributeError, ...).
     raise DataError(
-      f"tfds needs TensorFlow to prepare MNIST (once), and the installed one fails to import: {_first_line(e)}"
+      "tfds needs TensorFlow to prepare MNIST (once), and the installed one fails to import: "
+      + describe(e, with_type=True)
     ) from e
   try:
     tf.config.set_visible_devices([], "GPU")
@@ -282,8 +293,7 @@ def read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
     try:
       builder.download_and_prepare(download_config=download_config)
     except NonMatchingChecksumError as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise DataError(f"an MNIST file does not match its registered checksum: {first_line}") from e
+      raise DataError(f"an MNIST file does not match its registered checksum: {describe(e)}") from e
   splits = {}
   for split in SPLIT_SIZES:
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
@@ -292,11 +302,6 @@ def read_with_tfds(data_dir: str, manual_dir: str | None) -> Splits:
       "label": np.concatenate([b["label"] for b in batches]).astype(np.int32),
     }
   return splits
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _child_main(data_dir: str, manual_dir: str) -> int:
@@ -316,7 +321,7 @@ def _child_main(data_dir: str, manual_dir: str) -> int:
     import traceback
 
     traceback.print_exc()
-    sys.stderr.write(f"preparing MNIST with tfds failed: {_first_line(e)}\n")
+    sys.stderr.write(f"preparing MNIST with tfds failed: {describe(e, with_type=True)}\n")
     return 1
   with arrays:
     _save(arrays, splits)

@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache: compiled programs kept on disk, so reruns skip compilation.
 
-The folder is `config.compilation_cache` (default `$MNIST_FLAX_COMPILATION_CACHE`, else
+The folder is `config.runtime.compilation_cache` (default `$MNIST_FLAX_COMPILATION_CACHE`, else
 `~/.cache/mnist_flax/jax`; "" turns it off).
 
 A rerun, a resume, `evaluate`/`predict` and the test suite then load the programs an earlier

@@ -8,44 +8,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mnist_flax import kernels
 from mnist_flax.core import models, train_state
 from mnist_flax.data import input_pipeline
-from mnist_flax.errors import UsageError, config_field_error
+from mnist_flax.errors import UsageError, config_field_error, describe
 from mnist_flax.run import checkpoints, locking, record_writers
 
-# Fields that may change between runs in one workdir without invalidating its checkpoints.
-RESUMABLE_CHANGES = frozenset(
-  {
-    "num_epochs",
-    "eval_batch_size",
-    "steps_per_dispatch",
-    "microbatches",
-    "scan",
-    "conv_impl",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "data_dir",
-    "manual_dir",
-    "stop_at_chance",
-    "compilation_cache",
-  }
-)
+# What may change between runs in one workdir without invalidating its checkpoints: the length
+# (the schedule is redefined over it, with a warning) and the whole runtime section.
+RESUMABLE_CHANGES = frozenset({"num_epochs", "runtime"})
 CONFIG_FILE = "config.json"
-# Fields added after the first release, with the value that runs made before them behaved as.
-ADDED_FIELDS = {
-  "ensemble_size": 1,
-  "member_learning_rates": [],
-  "augment_max_rotation": 0.0,
-  "augment_max_scale": 0.0,
-  "augment_elastic_alpha": 0.0,
-  "augment_elastic_sigma": 4.0,
-  "member_batches": "shared",
-  "microbatches": 1,
-}
-ADDED_MODEL_FIELDS = {"batch_norm": False}  # The same, for the `model` section.
 SCAN_MODES = ("auto", "unrolled", "rolled")
 MEMBER_BATCHES = ("shared", "own")
-CONV_IMPLS = ("auto", *models.CNN_CONV_IMPLS)
+CONV_IMPLS = ("auto", *kernels.IMPLS)
 # Seeds 0 .. 2**32 - 1 give distinct PRNG keys; jax.random.PRNGKey keeps only the low 32 bits of larger ones.
 MAX_SEED = 2**32 - 1
 
@@ -88,26 +63,19 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
 
 def _validate_config(config: ml_collections.ConfigDict, device_count: int | None) -> None:
   device_count = jax.device_count() if device_count is None else device_count
-  for name in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints"):
+  _validate_schedule(config)
+  _validate_augmentation(config)
+  _validate_model(config.model)
+  _validate_ensemble(config)
+  _validate_runtime(config.runtime)
+  _validate_batches(config, device_count)
+  _validate_data(config.runtime)
+
+
+def _validate_schedule(config: ml_collections.ConfigDict) -> None:
+  for name in ("num_epochs", "batch_size"):
     value = config[name]
     _require(_is_int(value) and value > 0, f"config.{name} must be a positive integer, got {value!r}")
-  _require(
-    _is_int(config.steps_per_dispatch) and config.steps_per_dispatch >= 0,
-    f"config.steps_per_dispatch must be 0 (automatic) or a positive integer, got {config.steps_per_dispatch!r}",
-  )
-  microbatches = config.get("microbatches", 0)
-  _require(
-    _is_int(microbatches) and microbatches >= 0,
-    f"config.microbatches must be 0 (automatic) or a positive integer, got {microbatches!r}",
-  )
-  _require(
-    config.scan in SCAN_MODES, f"config.scan must be one of {', '.join(map(repr, SCAN_MODES))}, got {config.scan!r}"
-  )
-  conv_impl = config.get("conv_impl", "auto")
-  _require(
-    conv_impl in CONV_IMPLS,
-    f"config.conv_impl must be one of {', '.join(map(repr, CONV_IMPLS))}, got {conv_impl!r}",
-  )
   _require(
     _is_int(config.seed) and 0 <= config.seed <= MAX_SEED,
     f"config.seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {config.seed!r}",
@@ -122,17 +90,20 @@ def _validate_config(config: ml_collections.ConfigDict, device_count: int | None
     _is_number(config.final_learning_rate_factor) and 0 <= config.final_learning_rate_factor <= 1,
     f"config.final_learning_rate_factor must be in [0, 1], got {config.final_learning_rate_factor!r}",
   )
+
+
+def _validate_augmentation(config: ml_collections.ConfigDict) -> None:
   _require(
     _is_int(config.augment_max_shift) and 0 <= config.augment_max_shift < 14,
     f"config.augment_max_shift must be an integer in [0, 13], got {config.augment_max_shift!r}",
   )
-  rotation, scale = config.get("augment_max_rotation", 0.0), config.get("augment_max_scale", 0.0)
+  rotation, scale = config.augment_max_rotation, config.augment_max_scale
   _require(
     _is_number(rotation) and 0 <= rotation <= 180,
     f"config.augment_max_rotation must be a number of degrees in [0, 180], got {rotation!r}",
   )
   _require(_is_number(scale) and 0 <= scale < 1, f"config.augment_max_scale must be a number in [0, 1), got {scale!r}")
-  alpha, sigma = config.get("augment_elastic_alpha", 0.0), config.get("augment_elastic_sigma", 4.0)
+  alpha, sigma = config.augment_elastic_alpha, config.augment_elastic_sigma
   _require(
     _is_number(alpha) and 0 <= alpha <= 100,
     f"config.augment_elastic_alpha must be a number of pixels in [0, 100], got {alpha!r}",
@@ -141,38 +112,61 @@ def _validate_config(config: ml_collections.ConfigDict, device_count: int | None
     _is_number(sigma) and 0.5 <= sigma <= 14,
     f"config.augment_elastic_sigma must be a number of pixels in [0.5, 14], got {sigma!r}",
   )
+
+
+def _validate_runtime(runtime: ml_collections.ConfigDict) -> None:
+  for name in ("eval_batch_size", "checkpoint_every_steps", "keep_checkpoints"):
+    value = runtime[name]
+    _require(_is_int(value) and value > 0, f"config.runtime.{name} must be a positive integer, got {value!r}")
+  for name in ("steps_per_dispatch", "microbatches"):
+    value = runtime[name]
+    _require(
+      _is_int(value) and value >= 0,
+      f"config.runtime.{name} must be 0 (automatic) or a positive integer, got {value!r}",
+    )
+  for name, allowed in (("scan", SCAN_MODES), ("conv_impl", CONV_IMPLS)):
+    _require(
+      runtime[name] in allowed,
+      f"config.runtime.{name} must be one of {', '.join(map(repr, allowed))}, got {runtime[name]!r}",
+    )
+
+
+def _validate_batches(config: ml_collections.ConfigDict, device_count: int) -> None:
   train_size, test_size = input_pipeline.SPLIT_SIZES["train"], input_pipeline.SPLIT_SIZES["test"]
   _require(
     config.batch_size <= train_size,
     f"config.batch_size {config.batch_size} exceeds the {train_size} training images",
   )
+  eval_batch_size = config.runtime.eval_batch_size
   largest_eval_batch = -(-test_size // device_count) * device_count  # All test images in one batch.
   _require(
-    config.eval_batch_size <= largest_eval_batch,
-    f"config.eval_batch_size {config.eval_batch_size} exceeds the {test_size} test images; "
+    eval_batch_size <= largest_eval_batch,
+    f"config.runtime.eval_batch_size {eval_batch_size} exceeds the {test_size} test images; "
     f"use at most {largest_eval_batch}",
   )
-  for name in ("batch_size", "eval_batch_size"):
+  for name, size in (("batch_size", config.batch_size), ("runtime.eval_batch_size", eval_batch_size)):
     _require(
-      config[name] % device_count == 0,
-      f"config.{name} {config[name]} is not divisible by the {device_count} devices; use a multiple of {device_count}",
+      size % device_count == 0,
+      f"config.{name} {size} is not divisible by the {device_count} devices; use a multiple of {device_count}",
     )
+  microbatches = config.runtime.microbatches
   _require(
     config.batch_size % max(microbatches, 1) == 0,
-    f"config.batch_size {config.batch_size} does not split into config.microbatches={microbatches} equal slices; "
-    "use a divisor of it, or 0 (automatic)",
+    f"config.batch_size {config.batch_size} does not split into config.runtime.microbatches={microbatches} "
+    "equal slices; use a divisor of it, or 0 (automatic)",
   )
-  _validate_model(config.model)
-  _validate_ensemble(config)
+
+
+def _validate_data(runtime: ml_collections.ConfigDict) -> None:
   _require(
-    not config.data_dir or not os.path.exists(config.data_dir) or os.path.isdir(config.data_dir),
-    f"config.data_dir {config.data_dir} is not a folder",
+    not runtime.data_dir or not os.path.exists(runtime.data_dir) or os.path.isdir(runtime.data_dir),
+    f"config.runtime.data_dir {runtime.data_dir} is not a folder",
   )
-  if config.manual_dir and not os.path.exists(input_pipeline.cache_path(config.data_dir or None)):
+  if runtime.manual_dir and not os.path.exists(input_pipeline.cache_path(runtime.data_dir or None)):
     try:  # Only needed until the data is prepared: a stale setting does not block later runs.
-      input_pipeline.check_manual_dir(config.manual_dir)
+      input_pipeline.check_manual_dir(runtime.manual_dir)
     except input_pipeline.DataError as e:
-      raise ConfigError(f"config.{e}") from e
+      raise ConfigError(f"config.runtime.{e}") from e
 
 
 # Ensemble members are trained side by side in one program: memory and time grow with their number.
@@ -180,8 +174,8 @@ MAX_ENSEMBLE_SIZE = 64
 
 
 def _validate_ensemble(config: ml_collections.ConfigDict) -> None:
-  size, rates = config.get("ensemble_size", 1), config.get("member_learning_rates", ())
-  member_batches = config.get("member_batches", "shared")
+  size, rates = config.ensemble_size, config.member_learning_rates
+  member_batches = config.member_batches
   _require(
     member_batches in MEMBER_BATCHES,
     f"config.member_batches must be one of {', '.join(map(repr, MEMBER_BATCHES))}, got {member_batches!r}",
@@ -215,7 +209,7 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
     _require(_is_int(c[name]) and c[name] > 0, f"config.model.{name} must be a positive integer, got {c[name]!r}")
   _require(c.padding in ("VALID", "SAME"), f"config.model.padding must be 'VALID' or 'SAME', got {c.padding!r}")
   _require(0 <= c.dropout_rate < 1, f"config.model.dropout_rate must be in [0, 1), got {c.dropout_rate!r}")
-  batch_norm = c.get("batch_norm", False)
+  batch_norm = c.batch_norm
   _require(isinstance(batch_norm, bool), f"config.model.batch_norm must be True or False, got {batch_norm!r}")
   side = models.IMAGE_SHAPE[0]
   for block in range(len(c.features)):  # Each block: convs_per_block convolutions, then a 2x2 max-pool.
@@ -233,7 +227,7 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
   try:
     params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
   except Exception as e:  # noqa: BLE001 - any shape error means the architecture does not fit 28x28.
-    raise ConfigError(f"config.model does not fit 28x28 images: {str(e).splitlines()[0]}") from e
+    raise ConfigError(f"config.model does not fit 28x28 images: {describe(e)}") from e
   empty = [jax.tree_util.keystr(path) for path, p in jax.tree_util.tree_leaves_with_path(params) if 0 in p.shape]
   if empty:
     raise ConfigError(f"config.model does not fit 28x28 images: the conv blocks leave nothing for {empty[0]}")
@@ -252,7 +246,7 @@ def saved_config(workdir: str) -> dict | None:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise ConfigError(f"cannot read {path} ({' '.join(str(e).split())}); use a new --workdir") from e
+    raise ConfigError(f"cannot read {path} ({describe(e)}); use a new --workdir") from e
   _require(isinstance(saved, dict), f"{path} is not a run config (a JSON object); use a new --workdir")
   return saved
 
@@ -264,9 +258,11 @@ WORKDIR_FILES = (CONFIG_FILE, record_writers.METRICS_FILE, locking.LOCK_FILE)
 
 def _by_effect(config: dict) -> dict:
   """A saved or current config with `member_batches` as it acts: one model has no batches to share."""
-  if not _is_int(config.get("ensemble_size", 1)):
+  try:
+    own = train_state.own_member_batches(config)
+  except (KeyError, TypeError):  # Another layout, or bad values: compared field by field as they are.
     return config
-  return {**config, "member_batches": train_state.own_member_batches(config)}
+  return {**config, "member_batches": own}
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -282,9 +278,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if saved is None:
     return
   current = _by_effect(json.loads(config.to_json()))
-  saved = _by_effect({**ADDED_FIELDS, **saved})
-  if isinstance(saved.get("model"), dict):
-    saved["model"] = {**ADDED_MODEL_FIELDS, **saved["model"]}
+  saved = _by_effect(saved)
   differing = sorted(
     k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
   )

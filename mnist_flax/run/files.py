@@ -6,6 +6,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+from mnist_flax.errors import UsageError
+
 
 def _umask() -> int:
   mask = os.umask(0)
@@ -43,3 +45,12 @@ def atomic_write(path: str, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` with `atomic_write`; a failure is a one-line `UsageError` naming the file."""
+  try:
+    with atomic_write(path, "w", newline="") as f:
+      f.write(text)
+  except OSError as e:
+    raise UsageError(f"cannot write {path}: {e.strerror or e}") from e

@@ -29,6 +29,12 @@ def _holder(fd: int) -> str:
     return "another process"
 
 
+def _open_lock_file(path: str) -> int:
+  """Opens (creating it and its folder if needed) a lock file; raises OSError where it cannot."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
   """Holds `<workdir>/lock` for the duration of the block; creates the workdir if needed.
@@ -52,8 +58,7 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     return
   path = os.path.join(workdir, LOCK_FILE)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path)
   except OSError as e:
     raise UsageError(f"cannot create {path}: {e.strerror or e}") from e
   try:
@@ -86,8 +91,7 @@ def waiting_lock(path: str, what: str) -> Iterator[None]:
     what: The work, for the log line of a process that waits ("MNIST's preparation").
   """
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path)
   except OSError:
     yield
     return

@@ -1,11 +1,17 @@
-"""One device mesh with a data axis: batches split along it, everything else replicated."""
+"""One device mesh with a data axis (batches split along it, everything else replicated), and processes agreeing."""
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mnist_flax.errors import UsageError
+
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def create_mesh() -> Mesh:
@@ -46,3 +52,25 @@ def process_0_says(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def fail_together(action: Callable[[], T], turn: bool) -> T | None:
+  """`action()` where `turn` is true; if it raises `UsageError` in any process, every process raises one.
+
+  So that no process waits forever for one that stopped. All processes must call it together.
+
+  Raises:
+    UsageError: this process's own error, or one naming the process that failed.
+  """
+  result, error = None, None
+  if turn:
+    try:
+      result = action()
+    except UsageError as e:
+      error = e
+  failed = failed_processes(error is not None)
+  if error is not None:
+    raise error
+  if failed:
+    raise UsageError(f"process {failed[0]} could not start (its output says why)")
+  return result

@@ -31,11 +31,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_flax import train
 from mnist_flax.core import scoring, train_state
 from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError
-from mnist_flax.run import compilation_cache, config_checks, files, parallel
+from mnist_flax.run import backend, chunks, compilation_cache, config_checks, files, parallel, snapshot
 from mnist_flax.tools import cli
 
 PROG = "python -m mnist_flax.tools.benchmark"
@@ -79,24 +78,26 @@ class _Setup:
 
   def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.Splits):
     self.config, self.mesh = config, parallel.create_mesh()
-    self.steps_per_epoch = len(data["train"]["label"]) // config.batch_size
-    self.chunk = train.steps_per_dispatch(config, self.steps_per_epoch, jax.default_backend())
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(config.batch_size, len(data["train"]["label"]))
+    self.choices = backend.choose(config, self.steps_per_epoch)
+    self.chunk = self.choices.steps_per_dispatch
     self.images, self.labels, self.data_rng = parallel.put_replicated(
-      (data["train"]["image"], data["train"]["label"], train.data_keys(config)), self.mesh
+      (data["train"]["image"], data["train"]["label"], snapshot.data_keys(config)), self.mesh
     )
-    self.initial = train.init_train_item(config, self.steps_per_epoch, self.mesh)
+    model = backend.train_model(config, self.choices)
+    self.initial = snapshot.initial_snapshot(config, self.steps_per_epoch, self.mesh, model)
     self.programs = {}  # Chunk length -> program; the full chunk is compiled ahead of time by `compile`.
 
   def fresh(self) -> list:
-    """Copies of the initial `[state, sums]` (the programs donate their inputs), same static parts."""
-    return list(jax.tree.map(jnp.copy, (self.initial["state"], self.initial["sums"])))
+    """Copies of the initial `[state, epoch_sums]` (the programs donate their inputs), same static parts."""
+    return list(jax.tree.map(jnp.copy, (self.initial["state"], self.initial["epoch_sums"])))
 
   def order(self, epoch: int) -> jax.Array:
-    return train.epoch_order_fn(self.mesh)(self.data_rng, epoch, len(self.labels))
+    return chunks.epoch_order_fn(self.mesh)(self.data_rng, epoch, len(self.labels))
 
   def compile(self) -> float:
     """Compiles the full chunk; returns the seconds it took."""
-    fn = train.config_train_chunk(self.config, self.chunk, self.mesh)
+    fn = chunks.config_train_chunk(self.config, self.choices, self.chunk, self.mesh)
     compiled, seconds = _timed_compile(fn, *self.fresh(), *self.chunk_args(self.order(0), 0))
     self.programs[self.chunk] = compiled
     return seconds
@@ -107,7 +108,7 @@ class _Setup:
     A rolled chunk is a loop, and the cost analysis counts a loop's body once whatever its trip
     count, so the full chunk's figure cannot simply be divided by its length.
     """
-    fn = train.config_train_chunk(self.config, 1, self.mesh)
+    fn = chunks.config_train_chunk(self.config, self.choices, 1, self.mesh)
     return compiled_flops(fn.lower(*self.fresh(), *self.chunk_args(self.order(0), 0)).compile())
 
   def chunk_args(self, order: jax.Array, first: int) -> tuple:
@@ -115,7 +116,7 @@ class _Setup:
 
   def program(self, n: int):
     if n not in self.programs:  # A shorter last chunk of an epoch, as the loop compiles it.
-      self.programs[n] = train.config_train_chunk(self.config, n, self.mesh)
+      self.programs[n] = chunks.config_train_chunk(self.config, self.choices, n, self.mesh)
     return self.programs[n]
 
 
@@ -129,10 +130,10 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
   """
   config_checks.validate_config(config)
   compilation_cache.use("")  # Compile times as a first run pays them, whatever the cache holds.
-  data = input_pipeline.load_mnist(config.data_dir or None, config.manual_dir or None)
+  data = input_pipeline.load_configured(config.runtime)
   setup = _Setup(config, data)
   compile_s = setup.compile()
-  compiled, chunk, spe = setup.programs[setup.chunk], setup.chunk, setup.steps_per_epoch
+  compiled, chunk, steps_per_epoch = setup.programs[setup.chunk], setup.chunk, setup.steps_per_epoch
   carry, args = setup.fresh(), setup.chunk_args(setup.order(0), 0)
 
   def one_chunk():
@@ -140,7 +141,7 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     return carry
 
   step_s = timed(one_chunk, repeats) / chunk
-  evaluator = scoring.Evaluator(data["test"], config.eval_batch_size, setup.mesh, train_state.eval_model(config).apply)
+  evaluator = backend.evaluator(config, setup.choices, data["test"], setup.mesh)
   start = time.perf_counter()
   evaluator(carry[0])  # Compiles, then runs once.
   first_eval_s = time.perf_counter() - start
@@ -152,15 +153,15 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
     "devices": jax.device_count(),
     "backend": jax.default_backend(),
     "members": len(train_state.member_learning_rates(config)),
-    "steps_per_epoch": spe,
+    "steps_per_epoch": steps_per_epoch,
     "test_images": len(evaluator.labels),
     "steps_per_chunk": chunk,
     "compile_s": compile_s,
     "eval_compile_s": max(first_eval_s - eval_s, 0.0),
     "step_s": step_s,
-    "epoch_s": step_s * spe,
+    "epoch_s": step_s * steps_per_epoch,
     "eval_s": eval_s,
-    "epoch_with_eval_s": step_s * spe + eval_s,
+    "epoch_with_eval_s": step_s * steps_per_epoch + eval_s,
     "images_per_s": config.batch_size / step_s,
     "flops_per_step": flops,
     "achieved_flop_s": flops / step_s,
@@ -175,13 +176,13 @@ def run(config: ml_collections.ConfigDict, repeats: int = 5, target: float | Non
 
 def time_to_accuracy(setup: _Setup, evaluator: scoring.Evaluator, target: float) -> dict[str, Any]:
   """Trains from a fresh state, evaluating after each epoch, until the test accuracy reaches `target`."""
-  spe, chunk, num_epochs = setup.steps_per_epoch, setup.chunk, setup.config.num_epochs
+  steps_per_epoch, chunk, num_epochs = setup.steps_per_epoch, setup.chunk, setup.config.num_epochs
   state, sums = setup.fresh()
   start = time.perf_counter()
   for epoch in range(num_epochs):
     order = setup.order(epoch)
-    for first in range(0, spe, chunk):
-      n = min(chunk, spe - first)
+    for first in range(0, steps_per_epoch, chunk):
+      n = min(chunk, steps_per_epoch - first)
       state, sums = setup.program(n)(state, sums, *setup.chunk_args(order, first))
     accuracy = evaluator(state)["accuracy"]
     if accuracy >= target:
@@ -243,11 +244,7 @@ def main(argv: list[str]) -> None:
   result = run(cli.load_config(_CONFIG), _REPEATS.value, _TARGET.value)
   print(table(result))
   if _JSON.value:
-    try:
-      with files.atomic_write(_JSON.value, "w") as f:
-        json.dump(result, f, indent=2)
-    except OSError as e:
-      raise UsageError(f"cannot write {_JSON.value}: {e.strerror or e}") from e
+    files.write_text(_JSON.value, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

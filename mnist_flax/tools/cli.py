@@ -10,7 +10,7 @@ from typing import NoReturn
 import ml_collections
 from absl import app, flags, logging
 
-from mnist_flax.errors import UsageError, config_field_error
+from mnist_flax.errors import UsageError, config_field_error, describe
 from mnist_flax.tools import startup
 
 
@@ -22,7 +22,7 @@ def one_line(e: BaseException) -> str:
     return f"unknown config field {name!r}; {hint or 'the config file lists the valid fields'}"
   if isinstance(e, AttributeError) and "get_config" in str(e):
     return "the config file has no get_config() function returning an ml_collections.ConfigDict"
-  return " ".join(str(e).split()) or type(e).__name__
+  return describe(e, whole=True)
 
 
 # Set to 1 to see the traceback of an error raised by a config file's own code, above its one line.
@@ -160,5 +160,5 @@ def define_checkpoint_flags() -> None:
 
 def define_data_flags() -> None:
   """--data_dir and --manual_dir, overriding the run's own config.json for reading MNIST."""
-  flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.data_dir).")
+  flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.runtime.data_dir).")
   flags.DEFINE_string("manual_dir", None, "Folder with the four MNIST files (default: the run's config).")

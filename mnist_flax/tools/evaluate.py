@@ -23,17 +23,13 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from mnist_flax.core import scoring, train_state
+from mnist_flax.core import scoring
 from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError
+from mnist_flax.run import backend
 from mnist_flax.tools import cli, trained_model
 
 PROG = "python -m mnist_flax.tools.evaluate"
-
-
-def load_test_split(config, data_dir: str | None = None, manual_dir: str | None = None) -> input_pipeline.Splits:
-  """Both MNIST splits for a run: from `data_dir`/`manual_dir`, else from the run's config."""
-  return input_pipeline.load_mnist(data_dir or config.data_dir or None, manual_dir or config.manual_dir or None)
 
 
 def evaluate_checkpoint(checkpoint: trained_model.Checkpoint, test: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -45,11 +41,11 @@ def evaluate_checkpoint(checkpoint: trained_model.Checkpoint, test: dict[str, np
     and `probabilities` (numpy [N, 10]); for an ensemble these are the ensemble's, and
     `members` lists each member's `test_loss` and `test_accuracy`.
   """
-  batch_size = checkpoint.config.eval_batch_size
+  batch_size = checkpoint.config.runtime.eval_batch_size
   if batch_size % checkpoint.mesh.size:
     raise UsageError(f"the run's eval_batch_size {batch_size} is not divisible by the {checkpoint.mesh.size} devices")
-  apply_fn = train_state.eval_model(checkpoint.config).apply
-  result = scoring.Evaluator(test, batch_size, checkpoint.mesh, apply_fn)(checkpoint.state)
+  evaluator = backend.evaluator(checkpoint.config, checkpoint.choices, test, checkpoint.mesh)
+  result = evaluator(checkpoint.state)
   confusion = scoring.confusion_matrix(test["label"], result["probabilities"].argmax(axis=1))
   evaluated = {
     "step": checkpoint.step,
@@ -92,14 +88,20 @@ def format_report(workdir: str, r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-  """Prints the evaluation of --workdir's checkpoint."""
+def evaluate_flagged(argv: list[str]) -> tuple[input_pipeline.Splits, dict[str, Any]]:
+  """MNIST and `evaluate_checkpoint`'s result for the checkpoint that the command's flags name."""
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   checkpoint = trained_model.load_checkpoint(f.workdir, f.step)
-  data = load_test_split(checkpoint.config, f.data_dir, f.manual_dir)
-  result = evaluate_checkpoint(checkpoint, data["test"])
+  data = input_pipeline.load_configured(checkpoint.config.runtime, f.data_dir, f.manual_dir)
+  return data, evaluate_checkpoint(checkpoint, data["test"])
+
+
+def main(argv: list[str]) -> None:
+  """Prints the evaluation of --workdir's checkpoint."""
+  f = flags.FLAGS
+  _, result = evaluate_flagged(argv)
   del result["probabilities"]
   print(json.dumps(result) if f.json else format_report(f.workdir, result))
 

@@ -18,8 +18,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from mnist_flax.core import scoring
-from mnist_flax.run import files
+from mnist_flax.run import files, record_writers
 
+PLOTS_DIR = "plots"  # In a run's workdir.
 DPI = 110
 NUM_CLASSES = 10
 CORRECT_COLOR = "#1b7f3a"
@@ -337,45 +338,9 @@ def learning_curves(records: list[dict[str, Any]]) -> Figure:
   n = len(ordered)
   counted = f"{n} epoch{'s' if n != 1 else ''}" if n else "no epochs recorded yet"
   fig.suptitle(f"Learning curves ({counted})", fontsize=TITLE_SIZE, fontweight="bold")
-  style = {"marker": "o", "markersize": 5, "linewidth": 1.8}
-
-  panels = [
-    (loss_ax, "Loss", "cross-entropy loss", "loss", 1.0),
-    (acc_ax, "Accuracy", "accuracy (%)", "accuracy", 100.0),
-  ]
-  for ax, title, ylabel, key, scale in panels:
-    drawn = []
-    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
-      epochs, values = _metric(ordered, f"{split}_{key}")
-      if epochs.size:
-        ax.plot(epochs, scale * values, color=color, label=split, **style)
-        drawn.append(values[np.isfinite(values)])
-    if drawn and any(d.size for d in drawn):
-      ax.legend(fontsize=LABEL_SIZE - 1, loc="best")
-      values = np.concatenate(drawn)
-      if key == "loss" and n > 1 and values.size and values.min() > 0 and values.max() / values.min() > 5:
-        ax.set_yscale("log")
-        decades = math.log10(values.max() / values.min())
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ylabel += " (log scale)"
-    else:
-      _note(ax, f"no {key} recorded")
-    ax.set_title(title, fontsize=LABEL_SIZE + 1)
-    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
-
-  epochs, rates = _metric(ordered, "learning_rate")
-  if epochs.size:
-    lr_ax.plot(epochs, rates, color="#2ca02c", label="learning rate", **style)
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useMathText=True)
-    finite = rates[np.isfinite(rates)]
-    lr_ax.set_ylim(0, 1.1 * finite.max() if finite.size and finite.max() > 0 else 1)
-  else:
-    _note(lr_ax, "no learning rate recorded")
-  lr_ax.set_title("Learning rate", fontsize=LABEL_SIZE + 1)
-  lr_ax.set_ylabel("learning rate", fontsize=LABEL_SIZE)
-
+  _metric_panel(loss_ax, ordered, "Loss", "cross-entropy loss", "loss", 1.0)
+  _metric_panel(acc_ax, ordered, "Accuracy", "accuracy (%)", "accuracy", 100.0)
+  _learning_rate_panel(lr_ax, ordered)
   all_epochs = [r["epoch"] for r in ordered]
   for ax in (loss_ax, acc_ax, lr_ax):
     ax.set_xlabel("epoch", fontsize=LABEL_SIZE)
@@ -386,13 +351,58 @@ def learning_curves(records: list[dict[str, Any]]) -> Figure:
       ax.set_xlim(all_epochs[0] - 1, all_epochs[0] + 1)
     elif all_epochs:
       ax.set_xlim(all_epochs[0] - 0.5, all_epochs[-1] + 0.5)
-  if not ordered:
-    for ax in (loss_ax, acc_ax, lr_ax):
+    else:
       ax.set_xticks([])
   return fig
 
 
-def confusion_matrix(matrix: np.ndarray) -> Figure:
+_CURVE_STYLE = {"marker": "o", "markersize": 5, "linewidth": 1.8}
+
+
+def _metric_panel(ax, ordered: list[dict[str, Any]], title: str, ylabel: str, key: str, scale: float) -> None:
+  """The train and test curves of `key` (times `scale`); a loss spanning more than 5x on a log scale."""
+  drawn = []
+  for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
+    epochs, values = _metric(ordered, f"{split}_{key}")
+    if epochs.size:
+      ax.plot(epochs, scale * values, color=color, label=split, **_CURVE_STYLE)
+      drawn.append(values[np.isfinite(values)])
+  values = np.concatenate(drawn) if drawn else np.zeros(0)
+  if values.size:
+    ax.legend(fontsize=LABEL_SIZE - 1, loc="best")
+    if key == "loss" and len(ordered) > 1 and values.min() > 0 and values.max() / values.min() > 5:
+      _log_scale(ax, values)
+      ylabel += " (log scale)"
+  else:
+    _note(ax, f"no {key} recorded")
+  ax.set_title(title, fontsize=LABEL_SIZE + 1)
+  ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+
+
+def _log_scale(ax, values: np.ndarray) -> None:
+  """A log y axis labelled in plain numbers, with 1-2-5 ticks over up to 2.5 decades."""
+  ax.set_yscale("log")
+  decades = math.log10(values.max() / values.min())
+  ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)))
+  ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _learning_rate_panel(ax, ordered: list[dict[str, Any]]) -> None:
+  """The learning rate of each epoch's last step, from 0."""
+  epochs, rates = _metric(ordered, "learning_rate")
+  if epochs.size:
+    ax.plot(epochs, rates, color="#2ca02c", label="learning rate", **_CURVE_STYLE)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useMathText=True)
+    finite = rates[np.isfinite(rates)]
+    ax.set_ylim(0, 1.1 * finite.max() if finite.size and finite.max() > 0 else 1)
+  else:
+    _note(ax, "no learning rate recorded")
+  ax.set_title("Learning rate", fontsize=LABEL_SIZE + 1)
+  ax.set_ylabel("learning rate", fontsize=LABEL_SIZE)
+
+
+def confusion_figure(matrix: np.ndarray) -> Figure:
   """A confusion matrix, coloured by the share of each true label on a log scale and annotated with counts.
 
   The log colour scale keeps a handful of mistakes visible next to a diagonal of thousands; empty cells stay white
@@ -427,25 +437,8 @@ def confusion_matrix(matrix: np.ndarray) -> Figure:
   cmap = ListedColormap(cmap(np.linspace(0.22, 1.0, 256))).with_extremes(bad="white")
   norm = LogNorm(vmin=vmin, vmax=1.0)
   image = ax.imshow(np.ma.masked_less_equal(rate, 0), cmap=cmap, norm=norm, interpolation="nearest")
-  colorbar = fig.colorbar(image, ax=ax, shrink=0.85, pad=0.02)
-  colorbar.set_label("share of the true label (log scale)", fontsize=LABEL_SIZE)
-  colorbar.formatter = FuncFormatter(lambda v, _: f"{100 * v:g}%")
-  colorbar.update_ticks()
-  colorbar.ax.tick_params(labelsize=LABEL_SIZE - 1)
-
-  digits = len(str(int(matrix.max())))
-  cell_size = max(5.0, min(12.0, 110 / n) * min(1.0, 4 / digits))
-  for i in range(n):
-    for j in range(n):
-      count = int(matrix[i, j])
-      if count == 0:
-        ax.text(j, i, "0", ha="center", va="center", fontsize=cell_size - 1, color="#bbbbbb")
-        continue
-      dark = norm(rate[i, j]) > 0.55
-      weight = "bold" if i != j else "normal"
-      color = "white" if dark else ("#8b0000" if i != j else "black")
-      ax.text(j, i, str(count), ha="center", va="center", fontsize=cell_size, color=color, fontweight=weight)
-
+  _share_colorbar(fig, ax, image)
+  _annotate_counts(ax, matrix, rate, norm)
   ax.set_xticks(range(n))
   ax.set_yticks(range(n))
   ax.set_xlabel("predicted label", fontsize=LABEL_SIZE + 1)
@@ -460,18 +453,30 @@ def confusion_matrix(matrix: np.ndarray) -> Figure:
   return fig
 
 
-def figure_to_rgb(fig: Figure) -> np.ndarray:
-  """Renders a figure to a uint8 [H, W, 3] RGB array (e.g. for TensorBoard images).
+def _share_colorbar(fig: Figure, ax, image) -> None:
+  """The confusion matrix's colour bar, in percent of the true label."""
+  colorbar = fig.colorbar(image, ax=ax, shrink=0.85, pad=0.02)
+  colorbar.set_label("share of the true label (log scale)", fontsize=LABEL_SIZE)
+  colorbar.formatter = FuncFormatter(lambda v, _: f"{100 * v:g}%")
+  colorbar.update_ticks()
+  colorbar.ax.tick_params(labelsize=LABEL_SIZE - 1)
 
-  Args:
-    fig: The figure; its canvas becomes an Agg canvas.
 
-  Returns:
-    The pixels at the figure's size and dpi.
-  """
-  canvas = FigureCanvasAgg(fig)
-  canvas.draw()
-  return np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3]
+def _annotate_counts(ax, matrix: np.ndarray, rate: np.ndarray, norm: LogNorm) -> None:
+  """Each cell's count: a gray 0 where empty, white on dark cells, bold dark red for mistakes."""
+  n = matrix.shape[0]
+  digits = len(str(int(matrix.max())))
+  cell_size = max(5.0, min(12.0, 110 / n) * min(1.0, 4 / digits))
+  for i in range(n):
+    for j in range(n):
+      count = int(matrix[i, j])
+      if count == 0:
+        ax.text(j, i, "0", ha="center", va="center", fontsize=cell_size - 1, color="#bbbbbb")
+        continue
+      dark = norm(rate[i, j]) > 0.55
+      weight = "bold" if i != j else "normal"
+      color = "white" if dark else ("#8b0000" if i != j else "black")
+      ax.text(j, i, str(count), ha="center", va="center", fontsize=cell_size, color=color, fontweight=weight)
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -500,6 +505,19 @@ def save(fig: Figure, path: str) -> str:
     # Every figure is laid out to fit its size, so it is drawn once: a tight bounding box would draw it twice.
     fig.savefig(f, format="png", dpi=DPI, facecolor="white")
   return path
+
+
+def write_run_plots(workdir: str, data: dict, probabilities: np.ndarray) -> dict[str, str]:
+  """`write_all` into `<workdir>/plots`: the run's MNIST splits, its records and the test probabilities."""
+  return write_all(
+    os.path.join(workdir, PLOTS_DIR),
+    train_images=data["train"]["image"],
+    train_labels=data["train"]["label"],
+    records=record_writers.read_records(workdir),
+    test_images=data["test"]["image"],
+    test_labels=data["test"]["label"],
+    test_probabilities=probabilities,
+  )
 
 
 def write_all(
@@ -541,7 +559,7 @@ def write_all(
   figures = {
     "samples": lambda: sample_grid(train_images, train_labels),
     "learning_curves": lambda: learning_curves(records),
-    "confusion_matrix": lambda: confusion_matrix(matrix),
+    "confusion_matrix": lambda: confusion_figure(matrix),
     "predictions": lambda: prediction_grid(test_images, test_labels, test_probabilities),
     "mistakes": lambda: confident_mistakes(test_images, test_labels, test_probabilities),
   }

@@ -39,15 +39,6 @@ PROG = "python -m mnist_flax.tools.predict"
 SUBMISSION_FILE = "submission.csv"
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder, so it is whole or absent."""
-  try:
-    with files.atomic_write(path, "w", newline="") as f:
-      f.write(text)
-  except OSError as e:
-    raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
-
-
 def check_output(path: str, inputs: list[str]) -> None:
   """Refuses an output that would overwrite an input or cannot be written, before any work."""
   real = os.path.realpath(path)
@@ -101,7 +92,7 @@ def main(argv: list[str]) -> None:
     check_output(output, inputs)
     images, labels = user_inputs.read_kaggle_csv(csvs[0])
     result = predict_kaggle(trained_model.Predictor.from_workdir(f.workdir, f.step), images, labels)
-    write_text_atomically(output, result["submission"])
+    files.write_text(output, result["submission"])
     message = f"wrote {result['count']:,} predictions to {output}"
     if "accuracy" in result:
       message += f"; accuracy against the CSV's labels: {100 * result['accuracy']:.2f}%"
@@ -112,7 +103,7 @@ def main(argv: list[str]) -> None:
   named = user_inputs.read_inputs(inputs)
   rows = predict_inputs(trained_model.Predictor.from_workdir(f.workdir, f.step), named)
   if f.output:
-    write_text_atomically(f.output, csv_text(["input", "label", "probability"], rows))
+    files.write_text(f.output, csv_text(["input", "label", "probability"], rows))
   width = max(len(name) for name, _, _ in rows)
   for name, label, probability in rows:
     print(f"{name:<{width}}  {label}  {100 * probability:6.2f}%")

@@ -17,23 +17,18 @@ if __name__ == "__main__":  # Before the heavy imports, so an early Ctrl-C is on
 
 from absl import flags
 
-from mnist_flax import train
 from mnist_flax.errors import UsageError
-from mnist_flax.tools import cli, evaluate, trained_model
+from mnist_flax.tools import cli, evaluate, plots
 
 PROG = "python -m mnist_flax.tools.report"
 
 
 def main(argv: list[str]) -> None:
   """Evaluates --workdir's checkpoint and writes its plots."""
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  checkpoint = trained_model.load_checkpoint(f.workdir, f.step)
-  data = evaluate.load_test_split(checkpoint.config, f.data_dir, f.manual_dir)
-  result = evaluate.evaluate_checkpoint(checkpoint, data["test"])
+  data, result = evaluate.evaluate_flagged(argv)
   try:
-    written = train.write_plots(f.workdir, data, result["probabilities"])
+    written = plots.write_run_plots(f.workdir, data, result["probabilities"])
   except OSError as e:
     raise UsageError(f"cannot write the plots in {f.workdir}: {e.strerror or e}") from e
   print(f"step {result['step']}: test accuracy {100 * result['test_accuracy']:.2f}%")

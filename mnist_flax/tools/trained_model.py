@@ -8,11 +8,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import train
-from mnist_flax.core import models, steps, train_state
+from mnist_flax.core import models, steps
 from mnist_flax.core.train_state import TrainState, is_ensemble
-from mnist_flax.errors import UsageError
-from mnist_flax.run import checkpoints, compilation_cache, config_checks, parallel
+from mnist_flax.errors import UsageError, describe
+from mnist_flax.run import backend, checkpoints, compilation_cache, config_checks, parallel, snapshot
 
 PREDICT_BATCH_SIZE = 256
 
@@ -25,6 +24,7 @@ class Checkpoint:
   state: TrainState
   step: int
   mesh: jax.sharding.Mesh
+  choices: backend.Choices  # How this backend computes the model (`backend.choose`).
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -40,9 +40,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise UsageError(f"cannot read {path}: {' '.join(str(e).split())}") from e
+    raise UsageError(f"cannot read {path}: {describe(e)}") from e
   if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
     raise UsageError(f"{path} is not a run config written by main.py")
+  if not isinstance(saved.get("runtime"), dict):
+    raise UsageError(f"{path} has no runtime section: the run was written by an older mnist-flax; train it again")
   return ml_collections.ConfigDict(saved)
 
 
@@ -59,7 +61,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     UsageError: the folder holds no run, no such checkpoint, or an unreadable one.
   """
   config = load_config(workdir)
-  compilation_cache.use(config.get("compilation_cache", ""))  # The run's own cache, if it had one.
+  compilation_cache.use(config.runtime.compilation_cache)  # The run's own cache, if it had one.
   directory = checkpoints.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UsageError(f"no checkpoint in {directory}: the run has not saved one yet")
@@ -71,7 +73,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     if step is not None and step not in available:
       raise UsageError(f"no checkpoint at step {step} in {directory}; there are {', '.join(map(str, available))}")
     mesh = parallel.create_mesh()
-    target = train.abstract_train_item(config, mesh)
+    target = snapshot.snapshot_target(config, mesh)
     try:
       if step is None:  # The newest readable one, skipping damaged ones with a warning.
         item, _ = checkpoints.restore_newest_readable(manager, target, workdir, move=False)
@@ -81,10 +83,11 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
       raise
     except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged checkpoint.
       step_name = step if step is not None else manager.latest_step()
-      raise UsageError(f"cannot restore the checkpoint {directory}/{step_name}: {str(e).splitlines()[0]}") from e
+      raise UsageError(f"cannot restore the checkpoint {directory}/{step_name}: {describe(e)}") from e
   finally:
     manager.close()
-  return Checkpoint(config=config, state=item["state"], step=train.state_step(item["state"]), mesh=mesh)
+  state = item["state"]
+  return Checkpoint(config, state, snapshot.state_step(state), mesh, backend.choose(config))
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:
@@ -126,7 +129,7 @@ class Predictor:
     self.checkpoint = checkpoint
     devices = checkpoint.mesh.size
     self.batch_size = -(-batch_size // devices) * devices
-    model = train_state.eval_model(checkpoint.config)
+    model = backend.eval_model(checkpoint.config, checkpoint.choices)
     self._variables = checkpoint.state.variables()
     self._batch_sharding = parallel.batch_sharding(checkpoint.mesh)
     self.traces = 0

@@ -6,7 +6,7 @@ import re
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from mnist_flax.errors import UsageError
+from mnist_flax.errors import UsageError, describe
 from mnist_flax.tools import photos
 
 SIDE = 28
@@ -33,10 +33,6 @@ def is_csv(path: str) -> bool:
 
 def _is_array_file(path: str) -> bool:
   return path.lower().endswith((".npy", ".npz"))
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
 
 
 def _check_file(path: str) -> None:
@@ -69,11 +65,11 @@ def read_image(path: str) -> np.ndarray:
   except UnidentifiedImageError as e:
     raise InputError(f"{path}: not an image Pillow can read (unknown format)") from e
   except Exception as e:  # Pillow reports damaged files with many exception types.
-    raise InputError(f"{path}: not an image Pillow can read ({_one_line(e)})") from e
+    raise InputError(f"{path}: not an image Pillow can read ({describe(e, whole=True)})") from e
   try:
     return photos.to_mnist(gray)
   except ValueError as e:
-    raise InputError(f"{path}: {_one_line(e)}") from e
+    raise InputError(f"{path}: {describe(e, whole=True)}") from e
 
 
 def read_npy(path: str) -> np.ndarray:
@@ -90,25 +86,7 @@ def read_npy(path: str) -> np.ndarray:
     InputError: The file is missing or not a readable `.npy`, or its shape, dtype or values
       are not those of images.
   """
-  _check_file(path)
-  try:
-    with open(path, "rb") as f:
-      magic = f.read(len(NPY_MAGIC))
-  except OSError as e:
-    raise InputError(f"{path}: cannot be read ({e.strerror or _one_line(e)})") from e
-  if magic != NPY_MAGIC and not magic.startswith(b"PK"):  # .npy, or an .npz (a zip) refused below.
-    raise InputError(f"{path}: not a .npy file (it does not start with NumPy's header); save arrays with np.save")
-  try:
-    loaded = np.load(path, allow_pickle=False)
-  except MemoryError:
-    raise
-  except Exception as e:  # numpy reports corrupt files as ValueError, EOFError, OSError, ...
-    raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from e
-  if isinstance(loaded, np.lib.npyio.NpzFile):
-    names = loaded.files
-    loaded.close()
-    raise InputError(f"{path}: an .npz archive of {len(names)} array(s), expected one array saved with np.save as .npy")
-  x = loaded
+  x = _load_npy(path)
   found = f"found shape {x.shape} dtype {x.dtype}"
   if x.ndim == 2:
     x = x[None]
@@ -120,17 +98,45 @@ def read_npy(path: str) -> np.ndarray:
     raise InputError(f"{path}: dtype {x.dtype} is not a pixel dtype; {_EXPECTED_ARRAY}; {found}")
   if len(x) == 0:
     raise InputError(f"{path}: holds no images; {found}")
+  return _pixels_as_uint8(x, f"{path}: ", f"; {found}")
+
+
+def _load_npy(path: str) -> np.ndarray:
+  """The one array of a `.npy` file; an `.npz`, a pickle or a damaged file is an `InputError`."""
+  _check_file(path)
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(len(NPY_MAGIC))
+  except OSError as e:
+    raise InputError(f"{path}: cannot be read ({e.strerror or describe(e, whole=True)})") from e
+  if magic != NPY_MAGIC and not magic.startswith(b"PK"):  # .npy, or an .npz (a zip) refused below.
+    raise InputError(f"{path}: not a .npy file (it does not start with NumPy's header); save arrays with np.save")
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except MemoryError:
+    raise
+  except Exception as e:  # numpy reports corrupt files as ValueError, EOFError, OSError, ...
+    raise InputError(f"{path}: not a readable .npy file ({describe(e, whole=True)})") from e
+  if isinstance(loaded, np.lib.npyio.NpzFile):
+    names = loaded.files
+    loaded.close()
+    raise InputError(f"{path}: an .npz archive of {len(names)} array(s), expected one array saved with np.save as .npy")
+  return loaded
+
+
+def _pixels_as_uint8(x: np.ndarray, prefix: str, suffix: str) -> np.ndarray:
+  """Integer pixels in 0..255 or float pixels in [0, 1] as uint8; others an `InputError` `prefix...suffix`."""
   if x.dtype.kind == "f":
     x = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
     if not np.isfinite(x).all():
-      raise InputError(f"{path}: float pixels must be finite, found NaN or infinity; {found}")
+      raise InputError(f"{prefix}float pixels must be finite, found NaN or infinity{suffix}")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-      raise InputError(f"{path}: float pixels must be in [0, 1] (use uint8 for 0..255), found {lo:g}..{hi:g}; {found}")
+      raise InputError(f"{prefix}float pixels must be in [0, 1] (use uint8 for 0..255), found {lo:g}..{hi:g}{suffix}")
     return np.rint(x * 255.0).astype(np.uint8)
   lo, hi = int(x.min()), int(x.max())
   if lo < 0 or hi > 255:
-    raise InputError(f"{path}: integer pixels must be in 0..255, found {lo}..{hi}; {found}")
+    raise InputError(f"{prefix}integer pixels must be in 0..255, found {lo}..{hi}{suffix}")
   return x.astype(np.uint8)
 
 
@@ -151,25 +157,9 @@ def read_kaggle_csv(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     InputError: The file is missing or unreadable, or not in this format; the message names
       the line at fault.
   """
-  _check_file(path)
-  try:
-    with open(path, encoding="utf-8-sig") as f:
-      text = f.read()
-  except UnicodeDecodeError as e:
-    raise InputError(f"{path}: not a text CSV file (not UTF-8: {_one_line(e)})") from e
-  except OSError as e:
-    raise InputError(f"{path}: cannot be read ({e.strerror or _one_line(e)})") from e
-  lines = text.split("\n")
-  header = tuple(field.strip() for field in lines[0].strip().lstrip("\ufeff").split(","))
-  if header == KAGGLE_TRAIN_HEADER:
-    has_label = True
-  elif header == KAGGLE_TEST_HEADER:
-    has_label = False
-  else:
-    shown = ",".join(header)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise InputError(f"{path}: line 1: expected the header {_EXPECTED_HEADERS}, found {shown!r}")
-  columns = len(header)
+  lines = _read_text(path).split("\n")
+  header = _kaggle_header(path, lines[0])
+  has_label, columns = header == KAGGLE_TRAIN_HEADER, len(header)
   numbers = [n for n in range(2, len(lines) + 1) if lines[n - 1].strip()]
   rows = [lines[n - 1] for n in numbers]
   if not rows:
@@ -194,6 +184,28 @@ def read_kaggle_csv(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     labels = labels.astype(np.int32)
   images = values[:, int(has_label) :].astype(np.uint8).reshape(-1, SIDE, SIDE)
   return images, labels
+
+
+def _read_text(path: str) -> str:
+  """A UTF-8 text file's contents (a byte-order mark dropped); an unreadable one is an `InputError`."""
+  _check_file(path)
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise InputError(f"{path}: not a text CSV file (not UTF-8: {describe(e, whole=True)})") from e
+  except OSError as e:
+    raise InputError(f"{path}: cannot be read ({e.strerror or describe(e, whole=True)})") from e
+
+
+def _kaggle_header(path: str, line: str) -> tuple[str, ...]:
+  """The fields of a Kaggle CSV's header line: the train or the test header, or an `InputError`."""
+  header = tuple(field.strip() for field in line.strip().lstrip("\ufeff").split(","))
+  if header not in (KAGGLE_TRAIN_HEADER, KAGGLE_TEST_HEADER):
+    shown = ",".join(header)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise InputError(f"{path}: line 1: expected the header {_EXPECTED_HEADERS}, found {shown!r}")
+  return header
 
 
 def _raise_bad_value(path: str, header: tuple[str, ...], numbers: list[int], rows: list[str]) -> None:
