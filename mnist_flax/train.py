@@ -66,7 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_checks.check_workdir(config, workdir)
   compilation_cache.use(config.runtime.compilation_cache)
   data = _load_data(config)
-  with contextlib.ExitStack() as opened, _as_write_error(workdir):  # `opened` closes the lock, checkpoints, records.
+  with _as_write_error(workdir), contextlib.ExitStack() as opened:  # `opened` closes the lock, checkpoints, records.
     run = _open(config, workdir, data, opened)
     state, epoch_sums, steps_per_epoch = run.state, run.epoch_sums, run.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
@@ -316,9 +316,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.
     mesh=mesh,
     choices=choices,
     steps_per_epoch=steps_per_epoch,
-    train_data=parallel.put_replicated(
-      (data["train"]["image"], data["train"]["label"], snapshot.data_keys(config)), mesh
-    ),
+    train_data=parallel.put_replicated((train["image"], train["label"], snapshot.data_keys(config)), mesh),
     evaluator=backend.evaluator(config, choices, data["test"], mesh),
     schedule=train_state.create_schedule(config, steps_per_epoch),
     manager=manager,

@@ -194,3 +194,11 @@ def test_member_batches_compare_by_what_they_do(config, tmp_path):
   saved["ensemble_size"] = 1
   (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
   config_checks.check_workdir(config, str(tmp_path))
+
+
+def test_a_workdir_of_an_older_layout_is_refused_in_one_line(config, tmp_path):
+  saved = json.loads(config.to_json())
+  saved.update(saved.pop("runtime"))  # The runtime fields at the top level, as before the section.
+  (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises(ConfigError, match="holds a run of an older mnist-flax .* use a new --workdir"):
+    config_checks.check_workdir(config, str(tmp_path))

@@ -277,6 +277,11 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config(workdir)
   if saved is None:
     return
+  _require(
+    isinstance(saved.get("runtime"), dict),
+    f"workdir {workdir} holds a run of an older mnist-flax (its config.json has no runtime section); "
+    "use a new --workdir",
+  )
   current = _by_effect(json.loads(config.to_json()))
   saved = _by_effect(saved)
   differing = sorted(
