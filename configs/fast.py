@@ -3,8 +3,8 @@
 Command:
   python main.py --config=configs/fast.py
 
-Test accuracy over seeds 0, 1, 2: median 99.06 % (99.02-99.16 %); about 18 s per run on the 2-core
-CPU machine (no GPU). See README ("Configs").
+Test accuracy over seeds 0, 1, 2: median 99.06 % (99.02-99.16 %); 12.5 s per run on the 2-core CPU
+machine (Intel Xeon, AVX-512 and AMX; no GPU), 2026-12-06. See README ("Configs").
 """
 
 import ml_collections

@@ -5,7 +5,8 @@ Adam at a constant 1e-3, batch 128, no dropout, no augmentation, 10 epochs.
 Command:
   python main.py --config=configs/keras_seed.py
 
-Test accuracy 99.09 % at seed 0; 12-15 s per epoch on the 2-core CPU machine (no GPU). See README ("Configs").
+Test accuracy over seeds 0, 1, 2: median 99.11 % (98.99-99.18 %); 81 s per run on the 2-core CPU
+machine (Intel Xeon, AVX-512 and AMX; no GPU), 2026-12-06. See README ("Configs").
 """
 
 import ml_collections
