@@ -278,7 +278,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if saved is None:
     return
   _require(
-    isinstance(saved.get("runtime"), dict),
+    "runtime" in saved or "data_dir" not in saved,  # Before the section, data_dir was a top-level field.
     f"workdir {workdir} holds a run of an older mnist-flax (its config.json has no runtime section); "
     "use a new --workdir",
   )
