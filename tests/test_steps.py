@@ -395,3 +395,36 @@ def test_members_of_a_model_that_takes_only_images_train_and_predict_side_by_sid
     np.testing.assert_allclose(trained.params["Dense_0"]["kernel"][i], alone.params["Dense_0"]["kernel"], atol=1e-6)
   ensemble, each = steps.ensemble_logits(stacked.apply_fn, stacked.variables(), batch["image"])
   assert ensemble.shape == (8, 10) and each.shape == (2, 8, 10)
+
+
+def test_uint8_images_and_one_hot_labels_train_as_scaled_floats_and_indices(config):
+  config.model.features, config.model.dense_features = (4,), (8,)
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 8).astype(np.int32)
+  reference = {"image": pixels.astype(np.float32) / np.float32(255), "label": labels}
+  for batch in ({"image": pixels, "label": labels}, {"image": reference["image"], "label": jax.nn.one_hot(labels, 10)}):
+    for step in (lambda s, b: train_step(s, b)[1], eval_step):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), step(state, batch), step(state, reference))
+
+
+def test_labels_outside_the_classes_give_a_nan_loss_and_no_hit(config):
+  config.model.features, config.model.dense_features = (4,), (8,)
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  images = jnp.zeros((4, 28, 28, 1))
+  for bad in (10, -1):  # -1 would otherwise index the last class.
+    metrics = eval_step(state, {"image": images, "label": jnp.asarray([bad, bad, bad, bad])})
+    assert np.isnan(metrics["loss"]) and metrics["correct"] == 0
+
+
+@pytest.mark.parametrize(
+  "label",
+  [np.zeros(4, np.float32), np.zeros((4, 1), np.int32), np.zeros(3, np.int32), np.zeros(4, bool)],
+  ids=["float indices", "column", "too few", "bool"],
+)
+def test_labels_of_another_form_are_refused_when_traced(config, label):
+  config.model.features, config.model.dense_features = (4,), (8,)
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  with pytest.raises(TypeError, match=r"int class indices \[B\] or float one-hot targets \[B, classes\]"):
+    train_step(state, {"image": jnp.zeros((4, 28, 28, 1)), "label": label})

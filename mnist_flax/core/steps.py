@@ -16,9 +16,40 @@ Metrics = dict[str, jax.Array]
 
 
 def _losses_and_hits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return losses, hits
+  """Per-example cross-entropy and hits for int class indices [B] or soft targets [B, classes] (see `as_batch`).
+
+  An index outside 0..classes-1 (negative ones included) gives that example a NaN loss and no hit.
+  """
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    return optax.softmax_cross_entropy(logits, labels), (logits.argmax(-1) == labels.argmax(-1)).astype(jnp.float32)
+  known = (labels >= 0) & (labels < logits.shape[-1])
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(known, labels, 0))
+  hits = (jnp.argmax(logits, axis=-1) == labels) & known
+  return jnp.where(known, losses, jnp.nan), hits.astype(jnp.float32)
+
+
+def as_batch(batch: Batch) -> Batch:
+  """A batch as the steps use it, decided from its dtypes and shapes when the step is traced.
+
+  - `"image"`: floats are used as they are (MNIST's scale is [0, 1]); integer pixels (uint8
+    0..255, as MNIST loaders give them) are scaled to float32 in [0, 1].
+  - `"label"`: int class indices [B], or float one-hot or soft targets [B, classes] (the loss is
+    then the cross-entropy against them, a hit the argmax of both agreeing).
+  - Anything else is a `TypeError` naming the expected form.
+  """
+  images, labels = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+  if jnp.issubdtype(images.dtype, jnp.integer) and images.dtype != jnp.bool_:
+    images = images.astype(jnp.float32) / 255.0
+  elif not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(f"batch['image'] must be float in [0, 1] or integer pixels 0..255, got {images.dtype}")
+  integer = jnp.issubdtype(labels.dtype, jnp.integer) and labels.dtype != jnp.bool_
+  soft = jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == 2
+  if not ((integer and labels.ndim == 1) or soft) or labels.shape[0] != images.shape[0]:
+    raise TypeError(
+      f"batch['label'] must be int class indices [B] or float one-hot targets [B, classes] for the {images.shape[0]} "
+      f"images, got {labels.dtype}{list(labels.shape)}"
+    )
+  return {**batch, "image": images, "label": labels}
 
 
 def mode_kwargs(apply_fn: Any, train: bool) -> dict[str, bool]:
@@ -63,7 +94,9 @@ def train_step(state: TrainState, batch: Batch, microbatches: int = 1) -> tuple[
     state: The train state; its dropout key for this step is `fold_in(state.rng, state.step)`. For a
       `BatchNormTrainState` the model normalises with the batch's statistics and the running
       `batch_stats` are updated.
-    batch: `{"image": float32 [B, 28, 28, 1] in [0, 1], "label": int [B]}`.
+    batch: `{"image": [B, 28, 28, 1], "label": [B]}`: float images in [0, 1] or uint8 pixels, int class
+      indices or float one-hot targets [B, classes] (see `as_batch`; an index outside the classes
+      makes the loss NaN).
     microbatches: Slices of the batch whose gradients are computed separately and averaged (B must
       divide by it): still the gradient of the batch's mean loss, with each slice's dropout key
       `fold_in(key, i)` and, for batch norm, each slice normalised by its own statistics (the running
@@ -74,6 +107,7 @@ def train_step(state: TrainState, batch: Batch, microbatches: int = 1) -> tuple[
     The new state (step + 1) and scalar metrics `loss`, `accuracy` and
     `grad_norm` (global L2 norm of the gradient), all for this batch before the update.
   """
+  batch = as_batch(batch)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   # The state's collections besides the parameters (a BatchNormTrainState's batch_stats) are updated in training.
   mutable = [name for name in state.variables() if name != "params"]
@@ -141,7 +175,7 @@ def eval_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = 
 
   Args:
     logits: [B, num_classes] model outputs.
-    labels: int [B] true classes.
+    labels: int [B] true classes, or float one-hot targets [B, num_classes].
     mask: Optional float or bool [B] marking real examples (padded rows are 0).
 
   Returns:
@@ -174,5 +208,6 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   Returns:
     The `eval_metrics` of the batch: `loss`, `accuracy`, `count` and `correct`.
   """
+  batch = as_batch(batch)
   logits = state.apply_fn(state.variables(), batch["image"], **mode_kwargs(state.apply_fn, train=False))
   return eval_metrics(logits, batch["label"], batch.get("mask"))
