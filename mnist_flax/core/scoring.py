@@ -29,7 +29,7 @@ def make_evaluate(mesh: jax.sharding.Mesh, apply_fn: Callable[..., jax.Array] | 
   """Compiles evaluation of a padded split shaped [num_batches, batch, ...] with a mask.
 
   `apply_fn` (default: the state's own) computes the logits from the state's parameters, e.g. the
-  same model with other convolutions (`train_state.eval_model`).
+  same model with other convolutions (`run.backend.eval_model`).
 
   The returned function maps `(state, images, labels, mask)` to per-batch `steps.eval_metrics`,
   the class probabilities [num_batches, batch, classes] and, for a stacked ensemble state, each

@@ -252,7 +252,7 @@ def saved_config(workdir: str) -> dict | None:
 
 
 # What a workdir holds: folders and files. Anything of the other kind in their place is refused.
-WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, record_writers.TENSORBOARD_DIR, "plots")  # train.PLOTS_DIR
+WORKDIR_FOLDERS = (checkpoints.CHECKPOINT_DIR, record_writers.TENSORBOARD_DIR, "plots")  # plots.PLOTS_DIR
 WORKDIR_FILES = (CONFIG_FILE, record_writers.METRICS_FILE, locking.LOCK_FILE)
 
 
