@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from mnist_flax.core.train_state import TrainState
+from mnist_flax.data import input_pipeline
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -39,7 +40,7 @@ def as_batch(batch: Batch) -> Batch:
   """
   images, labels = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
   if jnp.issubdtype(images.dtype, jnp.integer) and images.dtype != jnp.bool_:
-    images = images.astype(jnp.float32) / 255.0
+    images = input_pipeline.to_unit_float(images)
   elif not jnp.issubdtype(images.dtype, jnp.floating):
     raise TypeError(f"batch['image'] must be float in [0, 1] or integer pixels 0..255, got {images.dtype}")
   integer = jnp.issubdtype(labels.dtype, jnp.integer) and labels.dtype != jnp.bool_

@@ -64,7 +64,7 @@ def stop_requests() -> Iterator[threading.Event]:
   """Yields an event set by SIGTERM or SIGINT, so the loop can save and stop between chunks.
 
   The event's `signum` is the signal. With several processes, SIGTERM is left to JAX's preemption
-  notifier, which tells every process (see `Agreement.stop_agreed`), and SIGINT is passed on to it
+  notifier, which tells every process (see `train.Run.stop_agreed`), and SIGINT is passed on to it
   as a SIGTERM. A second signal stops at once (KeyboardInterrupt).
   """
   event = threading.Event()
