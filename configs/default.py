@@ -16,7 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
   """The default recipe (what changes results), then `runtime` (how it runs)."""
   config = ml_collections.ConfigDict()
 
+  # The network: a factory "package.module:callable" and its keyword arguments (mnist_flax/core/networks.py).
   config.model = ml_collections.ConfigDict()
+  config.model.factory = "mnist_flax.core.models:CNN"
   config.model.features = (32, 64)
   config.model.kernel_size = 3
   config.model.padding = "VALID"

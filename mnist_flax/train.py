@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mnist_flax.core import models, scoring, train_state
+from mnist_flax.core import networks, scoring, train_state
 from mnist_flax.core.train_state import TrainState
 from mnist_flax.data import input_pipeline
 from mnist_flax.run import (
@@ -300,7 +300,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.
     *(workdir, jax.device_count(), choices.platform, jax.process_count(), steps_per_epoch, choices.describe()),
   )
   if is_main:
-    print(models.summary(models.create_model(config.model)), flush=True)
+    print(networks.summary(networks.create(config.model)), flush=True)
   initial = snapshot.initial_snapshot(config, steps_per_epoch, mesh, backend.train_model(config, choices))
   manager = opened.enter_context(
     contextlib.closing(checkpoints.create_manager(workdir, config.runtime.keep_checkpoints))

@@ -16,7 +16,7 @@ from mnist_flax import (
   eval_step,
   train_step,
 )
-from mnist_flax.core import steps
+from mnist_flax.core import modes, steps
 
 
 def make_batch(key, n=8):
@@ -305,7 +305,7 @@ class KeywordsMLP(nn.Module):
 
 def own_state(model, tx=None, seed=0):
   images = jnp.zeros((1, 28, 28, 1))
-  params = model.init(jax.random.PRNGKey(seed), images, **steps.mode_kwargs(model.apply, False))["params"]
+  params = model.init(jax.random.PRNGKey(seed), images, **modes.mode_kwargs(model.apply, False))["params"]
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx or optax.adam(1e-2), rng=jax.random.PRNGKey(1))
 
 
@@ -318,9 +318,9 @@ def own_state(model, tx=None, seed=0):
   ],
 )
 def test_the_step_tells_a_model_it_trains_the_way_its_call_takes(model, expected):
-  assert steps.mode_kwargs(model.apply, train=True) == expected
-  assert steps.mode_kwargs(functools.partial(model.apply, mutable=False), train=True) == expected
-  assert steps.mode_kwargs(lambda variables, images, train: images, train=False) == {"train": False}
+  assert modes.mode_kwargs(model.apply, train=True) == expected
+  assert modes.mode_kwargs(functools.partial(model.apply, mutable=False), train=True) == expected
+  assert modes.mode_kwargs(lambda variables, images, train: images, train=False) == {"train": False}
 
 
 def test_a_model_that_takes_only_images_trains_inside_the_callers_scan():

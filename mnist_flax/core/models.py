@@ -1,12 +1,10 @@
 """The MNIST CNN in plain Flax: conv blocks (conv, batch norm, ReLU, 2x2 max pool), dense layers, 10 logits."""
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -87,11 +85,3 @@ def create_model(model_config: ml_collections.ConfigDict, cls: type[CNN] = CNN, 
     dropout_rate=c.dropout_rate,
     **kwargs,
   )
-
-
-def summary(model: nn.Module) -> str:
-  """Returns Flax's table of layers, output shapes and parameter counts for one image."""
-  rng = jax.random.PRNGKey(0)
-  console = {"width": 110, "force_terminal": sys.stdout.isatty(), "force_jupyter": False}
-  table = nn.tabulate(model, {"params": rng, "dropout": rng}, console_kwargs=console)
-  return table(jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mnist_flax.core import steps
+from mnist_flax.core import modes, steps
 from mnist_flax.core.models import NUM_CLASSES
 from mnist_flax.core.train_state import TrainState, is_ensemble
 from mnist_flax.data import input_pipeline
@@ -47,7 +47,7 @@ def make_evaluate(mesh: jax.sharding.Mesh, apply_fn: Callable[..., jax.Array] | 
       image, label, m = jax.lax.with_sharding_constraint(batch, sharding)
       x = input_pipeline.to_unit_float(image)
       if not is_ensemble(state):
-        logits = apply(state.variables(), x, **steps.mode_kwargs(apply, train=False))
+        logits = apply(state.variables(), x, **modes.mode_kwargs(apply, train=False))
         return steps.eval_metrics(logits, label, m), jax.nn.softmax(logits), {}
       logits, members = steps.ensemble_logits(apply, state.variables(), x)
       per_member = jax.vmap(steps.eval_metrics, in_axes=(0, None, None))(members, label, m)

@@ -1,14 +1,13 @@
-"""Pure, jitted train and eval steps for any Linen model and any optax optimizer."""
+"""Pure, jitted train and eval steps for any Linen or NNX model (see `nnx_interop`) and any optax optimizer."""
 
 import functools
-import inspect
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from mnist_flax.core.modes import mode_kwargs
 from mnist_flax.core.train_state import TrainState
 from mnist_flax.data import input_pipeline
 
@@ -51,35 +50,6 @@ def as_batch(batch: Batch) -> Batch:
       f"images, got {labels.dtype}{list(labels.shape)}"
     )
   return {**batch, "image": images, "label": labels}
-
-
-def mode_kwargs(apply_fn: Any, train: bool) -> dict[str, bool]:
-  """How to tell the model whether it trains, read off its `__call__` (at trace time: free at run time).
-
-  Args:
-    apply_fn: `model.apply` of a Linen module (or a function taking the same arguments).
-    train: Whether the call is a training one (dropout on, batch statistics updated).
-
-  Returns:
-    `{"train": train}` for a `__call__` with a `train` argument (or `**kwargs`, or a plain
-    function), `{"deterministic": not train}` for one with `deterministic` instead, and `{}` for a
-    `__call__` that takes only the images.
-  """
-  while isinstance(apply_fn, functools.partial):
-    apply_fn = apply_fn.func
-  module = getattr(apply_fn, "__self__", None)
-  call = type(module).__call__ if isinstance(module, nn.Module) else apply_fn
-  try:
-    parameters = inspect.signature(call).parameters
-  except (TypeError, ValueError):  # No signature to read (a builtin): the library's own convention.
-    return {"train": train}
-  if "train" in parameters:
-    return {"train": train}
-  if "deterministic" in parameters:
-    return {"deterministic": not train}
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-    return {"train": train}
-  return {}
 
 
 def _slice(batch: Batch, microbatches: int, i: int) -> Batch:

@@ -1,16 +1,20 @@
-"""`TrainState`: params, optimizer state, step and PRNG key in one pytree (plus `batch_stats` for batch norm)."""
+"""`TrainState`: params, optimizer state, step and PRNG key in one pytree (plus `batch_stats` for batch norm).
+
+Built from a config (`create_train_state`), from any Linen model's variables (`create_state`) or from an
+NNX module (`from_nnx`; `to_nnx` gives the module back with the state's parameters).
+"""
 
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 from flax.training import train_state
 
-from mnist_flax.core import models
+from mnist_flax.core import models, modes, networks, nnx_interop
 from mnist_flax.data import input_pipeline
 
 
@@ -131,37 +135,86 @@ def own_member_batches(config: ml_collections.ConfigDict | dict) -> bool:
   return config["member_batches"] == "own" and trains_ensemble(config)
 
 
-def create_train_state(
-  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None, model: nn.Module | None = None
+def create_state(
+  apply_fn: Any, variables: dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
-  """Initialises the config's CNN and its Adam optimizer.
+  """A state at step 0 for a model's variables: a `BatchNormTrainState` where they hold `batch_stats`.
+
+  Args:
+    apply_fn: The model's apply function (`model.apply`, or an `nnx_interop.NNXApply`).
+    variables: The model's variables, `{"params": ...}` and optionally `{"batch_stats": ...}`.
+    tx: Any optax gradient transformation.
+    rng: A raw `jax.random.PRNGKey`, the state's dropout key.
+  """
+  if "batch_stats" in variables:
+    return BatchNormTrainState.create(
+      apply_fn=apply_fn, params=variables["params"], tx=tx, rng=rng, batch_stats=variables["batch_stats"]
+    )
+  return TrainState.create(apply_fn=apply_fn, params=variables["params"], tx=tx, rng=rng)
+
+
+def from_nnx(module: nnx.Module, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  """A state at step 0 holding an NNX module's parameters and batch statistics, for `train_step` and `eval_step`.
+
+  The parameters become plain nested dicts (optax and orbax handle them as Linen's); the module is
+  rebuilt from them in each step (`nnx_interop.NNXApply`), so the steps stay pure. Dropout keys come
+  from `rng` and the step, as for Linen: the module's own `nnx.Rngs` streams are reseeded each step.
+
+  Example:
+    model = MyNet(rngs=nnx.Rngs(0))
+    state = from_nnx(model, optax.adam(1e-3), jax.random.PRNGKey(1))
+    state, metrics = train_step(state, batch)
+    trained = to_nnx(state)  # MyNet with the trained parameters.
+
+  Args:
+    module: The NNX module, holding only `nnx.Param`, `nnx.BatchStat` and `nnx.Rngs` state.
+    tx: Any optax gradient transformation.
+    rng: A raw `jax.random.PRNGKey` (or a typed key), the state's dropout key.
+  """
+  apply_fn, variables = nnx_interop.split(module)
+  return create_state(apply_fn, variables, tx, rng)
+
+
+def to_nnx(state: TrainState) -> nnx.Module:
+  """The NNX module of a state made by `from_nnx` (or an NNX config), holding the state's variables."""
+  if not isinstance(state.apply_fn, nnx_interop.NNXApply):
+    raise TypeError("to_nnx takes a state of an NNX module (from_nnx); this one holds a Linen model")
+  return state.apply_fn.merge(state.variables())
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  rng: jax.Array,
+  steps_per_epoch: int | None = None,
+  model: networks.Model | None = None,
+) -> TrainState:
+  """Initialises the config's model and its Adam optimizer.
 
   Args:
     config: A run config (see `configs/default.py`).
     rng: A raw PRNG key; split into the init key and the state's dropout key.
     steps_per_epoch: Train steps per epoch, for the learning-rate schedule;
       defaults to full batches over the 60,000 MNIST training images.
-    model: The module to train (default: `models.create_model(config.model)`); it must take
-      `(images, train)`.
+    model: The model to train (default: `networks.create(config.model)`): a Linen module or an
+      `nnx_interop.NNXModel`.
 
   Returns:
     The initial `TrainState`, a `BatchNormTrainState` when the model has batch norm.
   """
   if steps_per_epoch is None:
     steps_per_epoch = input_pipeline.steps_per_epoch(config.batch_size)
-  model = models.create_model(config.model) if model is None else model
+  model = networks.create(config.model) if model is None else model
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32), train=False)
-  tx = create_optimizer(config, steps_per_epoch)
-  if "batch_stats" in variables:
-    return BatchNormTrainState.create(
-      apply_fn=model.apply, params=variables["params"], tx=tx, rng=state_rng, batch_stats=variables["batch_stats"]
-    )
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx, rng=state_rng)
+  images = jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32)
+  variables = model.init({"params": init_rng, "dropout": init_rng}, images, **modes.mode_kwargs(model.apply, False))
+  return create_state(model.apply, variables, create_optimizer(config, steps_per_epoch), state_rng)
 
 
 def create_ensemble_state(
-  config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int | None = None, model: nn.Module | None = None
+  config: ml_collections.ConfigDict,
+  rng: jax.Array,
+  steps_per_epoch: int | None = None,
+  model: networks.Model | None = None,
 ) -> TrainState:
   """The run's train state: one model, or `config.ensemble_size` members stacked on a leading axis.
 

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from mnist_flax import kernels
-from mnist_flax.core import models, scoring, train_state
+from mnist_flax.core import networks, scoring, train_state
 from mnist_flax.data import input_pipeline
 
 # Steps per dispatch on CPU: chunks short enough for a responsive progress bar and Ctrl-C.
@@ -70,7 +70,7 @@ def choose(config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
 
 
 def _train_conv(config: ml_collections.ConfigDict, platform: str) -> str:
-  """For "auto", Flax's layers on GPU and TPU; on CPU, patch products and the image block pooled.
+  """For "auto", Flax's layers on GPU, TPU and for other models; for the CNN on CPU, patches and the pooled block.
 
   On CPU the default network steps in 16 ms pooled, 19 ms with patches, 24 ms with XLA's convolutions
   and 60 ms with Flax's layers; two vmapped members in 48 ms with patches, 137 ms with XLA's
@@ -78,7 +78,7 @@ def _train_conv(config: ml_collections.ConfigDict, platform: str) -> str:
   """
   if config.runtime.conv_impl != "auto":
     return config.runtime.conv_impl
-  if platform != "cpu":
+  if platform != "cpu" or not networks.is_built_in(config.model):
     return "flax"
   return "patches" if train_state.trains_ensemble(config) else "pooled"
 
@@ -87,7 +87,7 @@ def _eval_conv(config: ml_collections.ConfigDict, platform: str, train_conv: str
   """For "auto", XLA's convolutions on CPU for one model (forward only, twice as fast as patch products)."""
   if config.runtime.conv_impl != "auto":
     return config.runtime.conv_impl
-  if platform != "cpu":
+  if platform != "cpu" or not networks.is_built_in(config.model):
     return "flax"
   return train_conv if train_state.trains_ensemble(config) else "xla"
 
@@ -124,14 +124,20 @@ def steps_per_dispatch(configured: int, steps_per_epoch: int, platform: str) -> 
   return min(best, steps_per_epoch)
 
 
-def train_model(config: ml_collections.ConfigDict, choices: Choices) -> models.CNN:
-  """The config's CNN as training runs it."""
-  return kernels.cnn(config.model, choices.train_conv)
+def train_model(config: ml_collections.ConfigDict, choices: Choices) -> networks.Model:
+  """The config's model as training runs it: the built-in CNN with `choices.train_conv`, any other as written."""
+  return _model(config, choices.train_conv)
 
 
-def eval_model(config: ml_collections.ConfigDict, choices: Choices) -> models.CNN:
-  """The config's CNN as evaluation and prediction run it: the same parameters."""
-  return kernels.cnn(config.model, choices.eval_conv)
+def eval_model(config: ml_collections.ConfigDict, choices: Choices) -> networks.Model:
+  """The config's model as evaluation and prediction run it: the same parameters."""
+  return _model(config, choices.eval_conv)
+
+
+def _model(config: ml_collections.ConfigDict, conv_impl: str) -> networks.Model:
+  if networks.is_built_in(config.model):
+    return kernels.cnn(config.model, conv_impl)
+  return networks.create(config.model)
 
 
 def evaluator(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mnist_flax import kernels
-from mnist_flax.core import models, train_state
+from mnist_flax.core import models, networks, train_state
 from mnist_flax.data import input_pipeline
 from mnist_flax.errors import UsageError, config_field_error, describe
 from mnist_flax.run import checkpoints, locking, record_writers
@@ -65,7 +65,7 @@ def _validate_config(config: ml_collections.ConfigDict, device_count: int | None
   device_count = jax.device_count() if device_count is None else device_count
   _validate_schedule(config)
   _validate_augmentation(config)
-  _validate_model(config.model)
+  _validate_model(config)
   _validate_ensemble(config)
   _validate_runtime(config.runtime)
   _validate_batches(config, device_count)
@@ -195,7 +195,25 @@ def _validate_ensemble(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def _validate_model(model_config: ml_collections.ConfigDict) -> None:
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  """The built-in CNN's fields, or a factory's model: importable, built with its arguments, [B, 10] logits."""
+  spec = config.model.factory
+  if networks.is_built_in(config.model):
+    _validate_cnn(config.model)
+    return
+  try:
+    networks.check(networks.create(config.model), f"config.model.factory {spec!r}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  impl = config.runtime.conv_impl
+  _require(
+    impl in ("auto", "flax"),
+    f"config.runtime.conv_impl {impl!r} computes the built-in CNN only; config.model.factory {spec!r} runs as "
+    "written: use 'auto' or 'flax'",
+  )
+
+
+def _validate_cnn(model_config: ml_collections.ConfigDict) -> None:
   c = model_config
   _require(
     len(c.features) > 0 and all(_is_int(f) and f > 0 for f in c.features),
@@ -231,6 +249,14 @@ def _validate_model(model_config: ml_collections.ConfigDict) -> None:
   empty = [jax.tree_util.keystr(path) for path, p in jax.tree_util.tree_leaves_with_path(params) if 0 in p.shape]
   if empty:
     raise ConfigError(f"config.model does not fit 28x28 images: the conv blocks leave nothing for {empty[0]}")
+
+
+def as_current(saved: dict) -> dict:
+  """A saved config as this version reads it: a model section without a factory is the built-in CNN's."""
+  model = saved.get("model")
+  if isinstance(model, dict) and "factory" not in model:
+    return {**saved, "model": {"factory": networks.BUILT_IN, **model}}
+  return saved
 
 
 def saved_config(workdir: str) -> dict | None:
@@ -283,7 +309,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     "use a new --workdir",
   )
   current = _by_effect(json.loads(config.to_json()))
-  saved = _by_effect(saved)
+  saved = _by_effect(as_current(saved))
   differing = sorted(
     k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
   )

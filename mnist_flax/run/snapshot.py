@@ -6,13 +6,12 @@ or restored for inference from nothing but `config.json` and a checkpoint.
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_flax.core import train_state
+from mnist_flax.core import networks, train_state
 from mnist_flax.data import input_pipeline
 from mnist_flax.run import chunks, parallel
 
@@ -32,7 +31,7 @@ def data_keys(config: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def initial_snapshot(
-  config: ml_collections.ConfigDict, steps: int, mesh: jax.sharding.Mesh, model: nn.Module | None = None
+  config: ml_collections.ConfigDict, steps: int, mesh: jax.sharding.Mesh, model: networks.Model | None = None
 ) -> dict:
   """The snapshot at step 0, replicated on `mesh`: the config's state (`model`'s) and zero sums.
 

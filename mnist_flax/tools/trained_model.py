@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax.core import models, steps
+from mnist_flax.core import models, modes, steps
 from mnist_flax.core.train_state import TrainState, is_ensemble
 from mnist_flax.errors import UsageError, describe
 from mnist_flax.run import backend, checkpoints, compilation_cache, config_checks, parallel, snapshot
@@ -45,7 +45,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UsageError(f"{path} is not a run config written by main.py")
   if not isinstance(saved.get("runtime"), dict):
     raise UsageError(f"{path} has no runtime section: the run was written by an older mnist-flax; train it again")
-  return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(config_checks.as_current(saved))
 
 
 def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
@@ -140,7 +140,7 @@ class Predictor:
       self.traces += 1
       if ensemble:  # The mean of the members' probabilities.
         return jax.nn.softmax(steps.ensemble_logits(model.apply, variables, images)[0])
-      return jax.nn.softmax(model.apply(variables, images, train=False))
+      return jax.nn.softmax(model.apply(variables, images, **modes.mode_kwargs(model.apply, train=False)))
 
     self._probabilities = jax.jit(probabilities, out_shardings=parallel.replicated(checkpoint.mesh))
 
