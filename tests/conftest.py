@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import default, keras_seed
+from configs import default, keras_seed, nnx_cnn
 from mnist_flax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +69,10 @@ TINY_OVERRIDES = {
 }
 
 
+# The same for configs/nnx_cnn.py, its network (an NNX module named by config.model.factory) as small.
+TINY_NNX_MODEL = {"model.features": (4, 8), "model.dense_features": 16, "model.dropout_rate": 0.1}
+
+
 @pytest.fixture
 def tiny_config():
   c = default.get_config()
@@ -76,11 +80,22 @@ def tiny_config():
   return c
 
 
-def tiny_flags(**changes) -> list[str]:
-  """The tiny config, with `changes` (fields of the top level or of `runtime`), as `--config.x=v` flags for main.py."""
+@pytest.fixture
+def tiny_nnx_config():
+  c = nnx_cnn.get_config()
+  c.update_from_flattened_dict({**TINY_OVERRIDES, **TINY_NNX_MODEL})
+  return c
+
+
+def tiny_flags(nnx: bool = False, **changes) -> list[str]:
+  """The tiny config, with `changes` (fields of the top level or of `runtime`), as `--config.x=v` flags for main.py.
+
+  With `nnx`, the flags start with `--config=configs/nnx_cnn.py` and make its NNX network as small.
+  """
   runtime = default.get_config().runtime
   changes = {f"runtime.{k}" if k in runtime else k: v for k, v in changes.items()}
-  return [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, **changes}.items()]
+  overrides = {**TINY_OVERRIDES, **(TINY_NNX_MODEL if nnx else {}), **changes}
+  return ["--config=configs/nnx_cnn.py"] * nnx + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from mnist_flax.run.config_checks import ConfigError
 from mnist_flax.tools import plots
 
 
-@pytest.mark.parametrize("name", ["default", "keras_seed", "fast", "best"])
+@pytest.mark.parametrize("name", ["default", "keras_seed", "fast", "best", "nnx_cnn"])
 def test_shipped_configs_are_valid_and_say_how_they_were_measured(name):
   module = importlib.import_module(f"configs.{name}")
   config_checks.validate_config(module.get_config())
@@ -201,4 +201,15 @@ def test_a_workdir_of_an_older_layout_is_refused_in_one_line(config, tmp_path):
   saved.update(saved.pop("runtime"))  # The runtime fields at the top level, as before the section.
   (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
   with pytest.raises(ConfigError, match="holds a run of an older mnist-flax .* use a new --workdir"):
+    config_checks.check_workdir(config, str(tmp_path))
+
+
+def test_a_run_saved_before_model_factories_is_the_built_in_cnns(config, tmp_path):
+  saved = json.loads(config.to_json())
+  del saved["model"]["factory"]
+  (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+  config_checks.check_workdir(config, str(tmp_path))
+  assert config_checks.as_current(saved)["model"] == json.loads(config.to_json())["model"]
+  config.model.factory = "configs.nnx_cnn:CNN"
+  with pytest.raises(ConfigError, match=r"different config \(model\)"):
     config_checks.check_workdir(config, str(tmp_path))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,10 +169,7 @@ def test_evaluate_prints_the_records_numbers(reference):
 def test_predict_reads_a_kaggle_csv_an_array_and_scans(reference, test_split, tmp_path):
   images, labels = test_split["image"][..., 0], test_split["label"]
   (record,) = records(reference)
-  with open(tmp_path / "train.csv", "w", newline="") as f:  # Kaggle's train.csv layout: label, pixel0..pixel783.
-    writer = csv.writer(f)
-    writer.writerow(["label", *(f"pixel{i}" for i in range(784))])
-    writer.writerows(np.column_stack([labels, images.reshape(len(images), -1)]).tolist())
+  write_kaggle_csv(tmp_path / "train.csv", images, labels)
   result = run_module("mnist_flax.tools.predict", f"--workdir={reference}", "train.csv", cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "submission.csv") as f:
@@ -210,3 +208,54 @@ def test_the_run_leaves_plots_and_tensorboard_events_holding_its_records(referen
     assert scalars[tag] == [(record["step"], pytest.approx(record[key], rel=1e-6))], tag
   chunks = [step for step, _ in scalars["chunk/train_loss"]]
   assert chunks == list(range(CHECKPOINT_EVERY, 469, CHECKPOINT_EVERY))
+
+
+def write_kaggle_csv(path, images, labels):
+  """Kaggle's train.csv layout: label, pixel0..pixel783."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["label", *(f"pixel{i}" for i in range(784))])
+    writer.writerows(np.column_stack([labels, images.reshape(len(images), -1)]).tolist())
+
+
+@pytest.fixture(scope="module")
+def nnx_ensemble(real_data_dir, tmp_path_factory):
+  """One epoch of two small members of the NNX network that configs/nnx_cnn.py names, trained as one ensemble."""
+  workdir = str(tmp_path_factory.mktemp("nnx") / "run")
+  result = run_main(
+    "--config=configs/nnx_cnn.py",
+    "--config.model.features=(8, 16)",
+    "--config.model.dense_features=32",
+    "--config.ensemble_size=2",
+    "--config.num_epochs=1",
+    f"--config.runtime.data_dir={real_data_dir}",
+    f"--workdir={workdir}",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "linear1" in result.stdout  # The model summary is the NNX module's.
+  return workdir
+
+
+def test_an_nnx_network_from_the_config_trains_and_every_command_uses_it(nnx_ensemble, test_split, tmp_path):
+  (record,) = records(nnx_ensemble)
+  assert record["test_count"] == 10_000 and record["test_accuracy"] >= 0.95, record
+  assert [m["member"] for m in record["members"]] == [0, 1]
+  assert json.load(open(os.path.join(nnx_ensemble, "config.json")))["model"]["factory"] == "configs.nnx_cnn:CNN"
+
+  result = run_module("mnist_flax.tools.evaluate", f"--workdir={nnx_ensemble}", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluated = json.loads(result.stdout)
+  assert (evaluated["test_loss"], evaluated["test_accuracy"]) == (record["test_loss"], record["test_accuracy"])
+
+  images, labels = test_split["image"][..., 0], test_split["label"]
+  write_kaggle_csv(tmp_path / "train.csv", images, labels)
+  result = run_module("mnist_flax.tools.predict", f"--workdir={nnx_ensemble}", "train.csv", cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "submission.csv") as f:
+    predicted = np.array([int(label) for _, label in list(csv.reader(f))[1:]])
+  assert abs(np.mean(predicted == labels) - record["test_accuracy"]) <= 1e-4
+
+  shutil.rmtree(os.path.join(nnx_ensemble, "plots"))
+  result = run_module("mnist_flax.tools.report", f"--workdir={nnx_ensemble}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(nnx_ensemble, "plots"))) == sorted(plots.FILES.values())

@@ -29,6 +29,22 @@ BAD_INPUTS = {
   "eval batch of 1e9": (["--config.runtime.eval_batch_size=1000000000"], "exceeds the 10000 test images"),
   "data dir is a file": ([f"--config.runtime.data_dir={os.path.join(ROOT, 'README.md')}"], "README.md is not a folder"),
   "distributed without a coordinator": (["--distributed"], "--distributed: jax.distributed.initialize() failed"),
+  "model factory not importable": (
+    ["--config.model.factory=no_such_module:Net"],
+    "config.model.factory 'no_such_module:Net': cannot import no_such_module: ModuleNotFoundError",
+  ),
+  "model factory without the config's arguments": (
+    ["--config.model.factory=tests.test_networks:five_logits"],
+    "five_logits() got an unexpected keyword argument",
+  ),
+  "NNX model of a bad shape": (
+    ["--config=configs/nnx_cnn.py", "--config.model.features=(4, 8, 16)"],
+    "config.model.factory 'configs.nnx_cnn:CNN' cannot be built and run on images [2, 28, 28, 1]",
+  ),
+  "kernels for a model of its own": (
+    ["--config=configs/nnx_cnn.py", "--config.runtime.conv_impl=pooled"],
+    "config.runtime.conv_impl 'pooled' computes the built-in CNN only",
+  ),
 }
 
 
@@ -42,6 +58,16 @@ def test_bad_input_stops_in_one_line_before_writing_anything(case, tmp_path):
   workdir = tmp_path / "run"
   assert_one_line_error(run_main(*args, f"--workdir={workdir}"), message)
   assert not workdir.exists()
+
+
+def test_a_workdir_remembers_its_model(mock_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_main(*tiny_flags(nnx=True, num_epochs=1, data_dir=mock_data_dir), f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  other = run_main(*tiny_flags(num_epochs=1, data_dir=mock_data_dir), f"--workdir={workdir}")
+  assert_one_line_error(other, f"workdir {workdir} holds a run with a different config (model)")
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
 
 
 def test_an_empty_workdir_flag_is_refused():

@@ -121,6 +121,18 @@ def test_the_checkpoint_resumes_on_one_device_and_ends_as_the_uninterrupted_run(
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=f"epoch {a['epoch']} {key}")
 
 
+def test_an_nnx_network_trains_over_two_processes_as_in_one(mock_data_dir, tmp_path):
+  flags = tiny_flags(nnx=True, num_epochs=1, checkpoint_every_steps=3, keep_checkpoints=1000, data_dir=mock_data_dir)
+  one = run_main(*flags, f"--workdir={tmp_path / 'one'}", env=EIGHT_DEVICES)
+  assert one.returncode == 0, one.stderr[-3000:]
+  procs = start_processes([*flags, f"--workdir={tmp_path / 'two'}"], tmp_path)
+  assert wait(procs) == [0] * PROCESSES, [(tmp_path / f"{i}.err").read_text()[-2000:] for i in range(PROCESSES)]
+  several, single = (trained_model.load_checkpoint(str(tmp_path / name), step=3) for name in ("two", "one"))
+  assert "linear1" in several.state.params
+  for a, b in zip(jax.tree.leaves(several.state), jax.tree.leaves(single.state), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_a_process_that_cannot_start_stops_the_others(mock_data_dir, tmp_path):
   workdir = tmp_path / "run"
   with locking.workdir_lock(str(workdir)):  # Held by this test: process 0 is refused.

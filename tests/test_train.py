@@ -7,7 +7,7 @@ import pytest
 
 from mnist_flax import train
 from mnist_flax.run import chunks, record_writers, snapshot, stopping
-from tests.conftest import MOCK_EXAMPLES, tensorboard_scalars
+from tests.conftest import MOCK_EXAMPLES, TINY_NNX_MODEL, tensorboard_scalars
 
 
 def read_records(workdir):
@@ -46,10 +46,21 @@ SWEEP = {"ensemble_size": 2, "member_learning_rates": (1e-3, 1e-2)}
 
 @pytest.mark.parametrize(
   "members",
-  [{}, SWEEP, {"model.batch_norm": True, "ensemble_size": 2}, {"ensemble_size": 2, "member_batches": "own"}],
-  ids=["single", "sweep", "batch_norm", "own_batches"],
+  [
+    {},
+    SWEEP,
+    {"model.batch_norm": True, "ensemble_size": 2},
+    {"ensemble_size": 2, "member_batches": "own"},
+    {**TINY_NNX_MODEL, "model.batch_norm": True},
+    {**TINY_NNX_MODEL, "ensemble_size": 2},
+  ],
+  ids=["single", "sweep", "batch_norm", "own_batches", "nnx_batch_norm", "nnx_ensemble"],
 )
-def test_interrupted_run_resumes_to_identical_results(tiny_config, mock_data_dir, tmp_path, monkeypatch, members):
+def test_interrupted_run_resumes_to_identical_results(
+  tiny_config, tiny_nnx_config, mock_data_dir, tmp_path, monkeypatch, members
+):
+  if "model.dense_features" in members:  # configs/nnx_cnn.py: an NNX network named by its config.
+    tiny_config = tiny_nnx_config
   tiny_config.runtime.data_dir = mock_data_dir
   tiny_config.update_from_flattened_dict(members)
   reference = str(tmp_path / "reference")
