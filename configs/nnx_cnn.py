@@ -1,9 +1,10 @@
-"""The default recipe with its CNN written in Flax NNX, here in the config: how to train a network of your own.
+"""The default recipe with its CNN written in Flax NNX, in this file: how a config trains a network of its own.
 
 Command (from the repository root, where `configs.nnx_cnn` imports):
   python main.py --config=configs/nnx_cnn.py
 
-Test accuracy, seed 0: PENDING
+Test accuracy, seed 0: 99.50 %; 8 min per run on the 2-core CPU machine (Intel Xeon, AVX-512 and AMX;
+no GPU), 2026-12-07. It runs as written, on Flax's own layers: 3.5x the default's time with its kernels.
 """
 
 import jax

@@ -123,6 +123,22 @@ def real_data_dir(manual_dir, tmp_path_factory):
   return data_dir
 
 
+def assert_train_step_is_pure(state, batch):
+  """`train_step` twice on `state` gives equal states and metrics and leaves `state` as it was; returns both."""
+  import jax
+  import numpy as np
+
+  from mnist_flax import train_step
+
+  before = jax.tree.map(np.array, state)
+  new, metrics = train_step(state, batch)
+  again, metrics_again = train_step(state, batch)
+  for a, b in ((new, again), (metrics, metrics_again), (jax.tree.map(np.array, state), before)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert int(new.step) == 1
+  return new, metrics
+
+
 def run_main(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
   """Runs `python main.py ARGS` from the repository root and returns the finished process."""
   full_env = {**os.environ, **(env or {})}

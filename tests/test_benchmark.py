@@ -27,6 +27,12 @@ def test_the_figures_are_measured_and_consistent(result, tiny_config):
   assert result["fraction_of_peak"] == pytest.approx(result["achieved_flop_s"] / result["matmul_peak_flop_s"])
 
 
+def test_a_network_named_by_the_config_is_benchmarked_as_written(tiny_nnx_config, mock_data_dir):
+  tiny_nnx_config.runtime.data_dir = mock_data_dir
+  result = benchmark.run(tiny_nnx_config, repeats=1)
+  assert result["step_s"] > 0 and result["flops_per_step"] > 0 and result["eval_s"] > 0
+
+
 @pytest.mark.parametrize("scan", ["rolled", "unrolled"])
 def test_flops_per_step_are_those_of_an_unrolled_chunk_over_its_length(tiny_config, mock_data_dir, scan):
   from mnist_flax.data import input_pipeline

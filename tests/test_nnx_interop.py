@@ -18,8 +18,9 @@ from mnist_flax import (
   to_nnx,
   train_step,
 )
-from mnist_flax.core import models, nnx_interop
+from mnist_flax.core import models, modes, nnx_interop
 from mnist_flax.data import input_pipeline
+from tests.conftest import assert_train_step_is_pure
 
 # Lists of submodules: nnx.List where Flax has it (0.12 on), a plain list before.
 Layers = getattr(nnx, "List", list)
@@ -98,13 +99,7 @@ def test_a_batch_norm_module_becomes_a_batch_norm_state(state):
 
 def test_train_step_is_pure_and_carries_batch_statistics(state):
   batch = make_batch(jax.random.PRNGKey(3))
-  before = jax.tree.map(np.array, state)
-  a, metrics_a = train_step(state, batch)
-  b, metrics_b = train_step(state, batch)
-  assert_trees_equal(a, b)
-  assert_trees_equal(metrics_a, metrics_b)
-  assert_trees_equal(state, before)
-  assert int(a.step) == 1
+  a, _ = assert_train_step_is_pure(state, batch)
   assert not np.allclose(a.batch_stats["norm"]["mean"], state.batch_stats["norm"]["mean"])
   # eval_step runs the module in eval mode: the running statistics, no dropout.
   module = to_nnx(a)
@@ -212,3 +207,11 @@ def test_the_same_cnn_in_linen_and_nnx_trains_to_the_same_parameters(real_data_d
   largest = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), expected, got)))
   print(f"largest difference after 100 steps: {largest:.3g}")
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5), expected, got)
+
+
+def test_an_nnx_module_is_told_its_mode_only_by_a_named_argument():
+  rngs = nnx.Rngs(0)
+  assert modes.mode_kwargs(TrainArgumentMLP(rngs=rngs), train=True) == {"train": True}
+  assert modes.mode_kwargs(BatchNormMLP(rngs=rngs), train=True) == {}
+  # nnx.Sequential passes **kwargs on to its layers: no `train` for them.
+  assert modes.mode_kwargs(nnx.Sequential(nnx.Linear(2, 2, rngs=rngs)), train=True) == {}

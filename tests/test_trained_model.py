@@ -85,7 +85,13 @@ def test_unusable_workdirs_are_one_line_errors(tiny_run, tmp_path):
   with pytest.raises(UsageError, match="no runtime section: the run was written by an older mnist-flax"):
     trained_model.load_checkpoint(str(tmp_path))
   with open(os.path.join(tiny_run, "config.json")) as f:
-    (tmp_path / "config.json").write_text(f.read())
+    saved = json.load(f)
+  (tmp_path / "config.json").write_text(json.dumps({**saved, "model": {**saved["model"], "factory": "my_net:Net"}}))
+  with pytest.raises(
+    UsageError, match="config.json: config.model.factory 'my_net:Net': cannot import my_net: .* PYTHONPATH"
+  ):
+    trained_model.load_checkpoint(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(UsageError, match="no checkpoint"):
     trained_model.load_checkpoint(str(tmp_path))
   with pytest.raises(UsageError, match="no checkpoint at step 7 .* there are"):

@@ -61,8 +61,9 @@ def load_factory(spec: str) -> Callable[..., Any]:
   try:
     target = importlib.import_module(module_name)
   except Exception as e:  # noqa: BLE001 - importing runs the user's module: any error is theirs to see.
+    hint = " (run where it imports, or add its folder to PYTHONPATH)" if isinstance(e, ImportError) else ""
     raise ValueError(
-      f"config.model.factory {spec!r}: cannot import {module_name}: {describe(e, with_type=True)}"
+      f"config.model.factory {spec!r}: cannot import {module_name}: {describe(e, with_type=True)}{hint}"
     ) from e
   for name in attribute.split("."):
     if not hasattr(target, name):

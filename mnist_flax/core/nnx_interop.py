@@ -88,7 +88,7 @@ class NNXApply:
     module = self.merge(variables)
     module.train() if train else module.eval()
     if rngs:
-      _reseed(module, next(iter(rngs.values())) if len(rngs) == 1 else rngs["dropout"])
+      _reseed(module, rngs.get("dropout", next(iter(rngs.values()))))
     out = module(images, **modes.mode_kwargs(module, train))
     if mutable is False:
       return out

@@ -42,10 +42,10 @@ class Choices:
   def describe(self) -> str:
     """One line for the log."""
     loop = "unrolled" if self.unrolled else "rolled"
-    return (
-      f"convolutions {self.train_conv} (evaluation {self.eval_conv}), {self.microbatches} slice(s) per batch, "
-      f"{self.steps_per_dispatch} steps per dispatch ({loop})"
-    )
+    layers = f"convolutions {self.train_conv} (evaluation {self.eval_conv})"
+    if self.train_conv == self.eval_conv == "flax":
+      layers = "the model's own Flax layers"
+    return f"{layers}, {self.microbatches} slice(s) per batch, {self.steps_per_dispatch} steps per dispatch ({loop})"
 
 
 def choose(config: ml_collections.ConfigDict, steps_per_epoch: int | None = None) -> Choices:

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax.core import models, modes, steps
+from mnist_flax.core import models, modes, networks, steps
 from mnist_flax.core.train_state import TrainState, is_ensemble
 from mnist_flax.errors import UsageError, describe
 from mnist_flax.run import backend, checkpoints, compilation_cache, config_checks, parallel, snapshot
@@ -28,7 +28,7 @@ class Checkpoint:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from `<workdir>/config.json`."""
+  """The config a run was trained with, from `<workdir>/config.json`; its model's factory must import here."""
   path = os.path.join(workdir, config_checks.CONFIG_FILE)
   if not workdir:
     raise UsageError("--workdir is empty; give the folder of a run")
@@ -45,7 +45,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UsageError(f"{path} is not a run config written by main.py")
   if not isinstance(saved.get("runtime"), dict):
     raise UsageError(f"{path} has no runtime section: the run was written by an older mnist-flax; train it again")
-  return ml_collections.ConfigDict(config_checks.as_current(saved))
+  config = ml_collections.ConfigDict(config_checks.as_current(saved))
+  try:  # The run's own network, which must import here (a factory of the user's, in their folder).
+    networks.create(config.model)
+  except ValueError as e:
+    raise UsageError(f"{path}: {e}") from e
+  return config
 
 
 def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
