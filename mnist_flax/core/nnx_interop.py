@@ -34,6 +34,11 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
 
 
+def _typed(key: jax.Array) -> jax.Array:
+  """A typed PRNG key (`jax.random.key`), from a raw `jax.random.PRNGKey` or a typed one."""
+  return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
+
+
 def _placeholder(x: jax.ShapeDtypeStruct) -> jax.Array:
   """A value of `x`'s shape and dtype for an RNG stream that is reseeded before use."""
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -99,8 +104,7 @@ class NNXApply:
 def _reseed(module: nnx.Module, key: jax.Array) -> None:
   """Gives each of the module's RNG streams its own key derived from `key` (streams in name order)."""
   tags = sorted({stream.key.tag for _, stream in nnx.iter_graph(module) if isinstance(stream, nnx.RngStream)})
-  key = jax.random.wrap_key_data(key) if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  nnx.reseed(module, **{tag: jax.random.fold_in(key, i) for i, tag in enumerate(tags)})
+  nnx.reseed(module, **{tag: jax.random.fold_in(_typed(key), i) for i, tag in enumerate(tags)})
 
 
 def split(module: nnx.Module) -> tuple[NNXApply, dict[str, Any]]:
@@ -130,9 +134,7 @@ class NNXModel:
 
   def build(self, key: jax.Array) -> nnx.Module:
     """The module, initialised from `key` (a raw `jax.random.PRNGKey` or a typed key)."""
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.wrap_key_data(key)
-    module = self.constructor(rngs=nnx.Rngs(key))
+    module = self.constructor(rngs=nnx.Rngs(_typed(key)))
     if not isinstance(module, nnx.Module):
       raise TypeError(f"{_name(self.constructor)} returned {type(module).__name__}, not an nnx.Module")
     return module
